@@ -140,7 +140,8 @@ void lm_config_free(struct lm_config *cfg);
 
 /* The effective config as TOML, defaults included; secrets masked when
  * mask is true (there are no secrets in the file itself by design, but
- * key hashes and token paths are shown masked). */
+ * key hashes are shown as "********"; token_file is a path and is kept).
+ * Returns 0, or -E2BIG when out's limit is reached. */
 int lm_config_to_toml(const struct lm_config *cfg, bool mask, struct lm_buf *out);
 
 /* Names of settings that differ between old and new and cannot be applied
@@ -148,6 +149,13 @@ int lm_config_to_toml(const struct lm_config *cfg, bool mask, struct lm_buf *out
  * returns how many. */
 int lm_config_restart_needed(const struct lm_config *old, const struct lm_config *new_cfg,
                              struct lm_buf *out);
+
+/* Money as written in the file: "50", "50.00", "0.0002" (at most six
+ * decimals, no sign, no exponent) into micro-units. Returns 0 or -EINVAL. */
+int lm_config_micros_parse(const char *s, lm_micros *out);
+/* The inverse: at least two decimals, trailing zeros trimmed ("50.00",
+ * "0.0002"). out must hold 32 bytes. */
+void lm_config_micros_format(lm_micros m, char *out, size_t cap);
 
 const char *lm_config_role_name(enum lm_role r);
 const char *lm_config_auth_name(enum lm_auth a);
