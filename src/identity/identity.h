@@ -4,6 +4,7 @@
 #ifndef LM_IDENTITY_H
 #define LM_IDENTITY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -25,6 +26,7 @@ struct lm_identity {
     char node_id[LM_NODE_ID_LEN + 1];
     char short_id[LM_SHORT_ID_LEN + 1];
     char path[4096]; /* the key file */
+    bool created;    /* lm_identity_load_or_create made a new key */
     /* On failure: one line saying what is wrong with which file and what to
      * do about it, for the caller to log or print. */
     char err[512];
