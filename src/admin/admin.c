@@ -84,29 +84,6 @@ lm_admin_state_name(enum lm_admin_state state)
     return "?";
 }
 
-bool
-lm_admin_is_loopback(const char *listen)
-{
-    char host[256];
-    int port;
-    if (lm_hostport_parse(listen, host, sizeof(host), &port, true) < 0)
-        return false;
-    if (strcmp(host, "localhost") == 0)
-        return true;
-    struct in_addr v4;
-    struct in6_addr v6;
-    if (inet_pton(AF_INET, host, &v4) == 1)
-        return (ntohl(v4.s_addr) >> 24) == 127;
-    if (inet_pton(AF_INET6, host, &v6) == 1) {
-        if (IN6_IS_ADDR_LOOPBACK(&v6))
-            return true;
-        if (IN6_IS_ADDR_V4MAPPED(&v6))
-            return v6.s6_addr[12] == 127;
-    }
-    /* Any other name may resolve anywhere; treat it as the network. */
-    return false;
-}
-
 int
 lm_admin_token_read(const char *path, char **out, char *err, size_t errcap)
 {
@@ -151,7 +128,7 @@ load_token(const char *listen, const char *token_file, bool *have, uint8_t *hash
            size_t errcap)
 {
     if (!token_file || !*token_file) {
-        if (!lm_admin_is_loopback(listen)) {
+        if (!lm_hostport_is_loopback(listen)) {
             set_err(err, errcap,
                     "admin listen %s is not a loopback address and [admin] token_file is not "
                     "set: refusing to open the admin API to the network without a token",

@@ -77,7 +77,6 @@ void lm_admin_reply_error(struct evhttp_request *req, int code, const char *fmt,
     LM_PRINTF(3, 4);
 
 /* Helpers shared with the CLI. */
-bool lm_admin_is_loopback(const char *listen);
 /* Reads a token file: the first line, surrounding whitespace trimmed; must be
  * 1..LM_ADMIN_TOKEN_MAX printable non-space bytes. *out is malloc'd. */
 int lm_admin_token_read(const char *path, char **out, char *err, size_t errcap);

@@ -884,8 +884,16 @@ parse_admin(struct ctx *c, const struct lm_toml_value *t)
 {
     static const char *const keys[] = {"listen", "token_file"};
     check_keys(c, t, "[admin]", keys, LM_ARRAY_LEN(keys));
-    get_checked(c, t, "admin", "listen", chk_listen, &c->cfg->admin.listen);
+    const struct lm_toml_value *listen =
+        get_checked(c, t, "admin", "listen", chk_listen, &c->cfg->admin.listen);
     get_checked(c, t, "admin", "token_file", chk_path_or_empty, &c->cfg->admin.token_file);
+    /* The admin API can reload the config and will grow more powers: open to
+     * the network it must at least ask for a token. */
+    if (listen && !*c->cfg->admin.token_file && !lm_hostport_is_loopback(c->cfg->admin.listen))
+        err(c, AT(listen),
+            "admin.listen %s is not a loopback address: set admin.token_file, or listen on "
+            "127.0.0.1",
+            esc(c->cfg->admin.listen).s);
 }
 
 static int

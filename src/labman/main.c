@@ -456,13 +456,6 @@ config_check(const char *path)
         if (diags.n == 0)
             fprintf(stderr, "%s: invalid config\n", path);
         rc = 1;
-    } else if ((!cfg->admin.token_file || !*cfg->admin.token_file) &&
-               !lm_admin_is_loopback(cfg->admin.listen)) {
-        fprintf(stderr,
-                "%s: [admin] listen %s is not loopback: set [admin] token_file, or listen on "
-                "127.0.0.1\n",
-                path, cfg->admin.listen);
-        rc = 1;
     } else {
         printf("%s: ok\n", path);
     }

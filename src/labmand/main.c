@@ -43,21 +43,12 @@ check_config(const char *path, bool given)
     struct lm_config *cfg = NULL;
     if (lm_daemon_load_config(path, given, &cfg) < 0)
         return 1;
-    int rc = 0;
-    if ((!cfg->admin.token_file || !*cfg->admin.token_file) &&
-        !lm_admin_is_loopback(cfg->admin.listen)) {
-        fprintf(stderr,
-                "%s: [admin] listen %s is not loopback: set [admin] token_file, or listen on "
-                "127.0.0.1\n",
-                path, cfg->admin.listen);
-        rc = 1;
-    } else if (cfg->path && *cfg->path) {
+    if (cfg->path && *cfg->path)
         printf("%s: ok\n", path);
-    } else {
+    else
         printf("%s: not found; built-in defaults: ok\n", path);
-    }
     lm_config_free(cfg);
-    return rc;
+    return 0;
 }
 
 int

@@ -1,5 +1,6 @@
 #include "util/util.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -310,6 +311,29 @@ lm_hostport_parse(const char *s, char *hostbuf, size_t hostcap, int *port, bool 
     hostbuf[hostlen] = '\0';
     *port = (int)v;
     return 0;
+}
+
+bool
+lm_hostport_is_loopback(const char *hostport)
+{
+    char host[256];
+    int port;
+    if (lm_hostport_parse(hostport, host, sizeof(host), &port, true) < 0)
+        return false;
+    if (strcmp(host, "localhost") == 0)
+        return true;
+    struct in_addr v4;
+    struct in6_addr v6;
+    if (inet_pton(AF_INET, host, &v4) == 1)
+        return (ntohl(v4.s_addr) >> 24) == 127;
+    if (inet_pton(AF_INET6, host, &v6) == 1) {
+        if (IN6_IS_ADDR_LOOPBACK(&v6))
+            return true;
+        if (IN6_IS_ADDR_V4MAPPED(&v6))
+            return v6.s6_addr[12] == 127;
+    }
+    /* Any other name may resolve anywhere; treat it as the network. */
+    return false;
 }
 
 int

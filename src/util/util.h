@@ -69,6 +69,10 @@ bool lm_is_hex(const char *s, size_t n);
  * (0 allowed when allow_zero). Returns 0 or -EINVAL. */
 int lm_hostport_parse(const char *s, char *hostbuf, size_t hostcap, int *port, bool allow_zero);
 
+/* True when a "host:port" names a loopback address (127/8, ::1, v4-mapped
+ * 127/8, "localhost"). Any other name may resolve anywhere: false. */
+bool lm_hostport_is_loopback(const char *hostport);
+
 /* Reads a whole file of at most max bytes. -EFBIG when larger. */
 int lm_file_read(const char *path, size_t max, char **out, size_t *outlen);
 

@@ -418,6 +418,12 @@ test_mesh_rules(void **state)
            "mesh.gossip_interval_ms must be between 50 and 60000, got 49");
     check1("[mesh]\ngossip_interval_ms = 60001\n", 2, 22,
            "mesh.gossip_interval_ms must be between 50 and 60000, got 60001");
+    check1("[admin]\nlisten = \"0.0.0.0:8145\"\n", 2, 10,
+           "admin.listen 0.0.0.0:8145 is not a loopback address: set admin.token_file, or "
+           "listen on 127.0.0.1");
+    lm_config_free(parse_ok("[admin]\nlisten = \"0.0.0.0:8145\"\n"
+                            "token_file = \"/etc/labman/admin.token\"\n"));
+    lm_config_free(parse_ok("[admin]\nlisten = \"[::1]:8145\"\n"));
     check1("[admin]\nlisten = \"[::1:8145\"\n", 2, 10,
            "invalid address \"[::1:8145\" for admin.listen; expected host:port or [v6]:port "
            "with port 1..65535");
