@@ -38,7 +38,8 @@ CFLAGS ?= -O2 -g
 ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -DLM_VERSION='"$(VERSION)"' $(WARN) $(CFLAGS) $(SANFLAGS) \
 	-Isrc $(PKG_CFLAGS) -MMD -MP
 ALL_LDFLAGS := $(LDFLAGS) $(SANFLAGS)
-LIBS := $(PKG_LIBS) -lm
+# libhttp-parser has no pkg-config file.
+LIBS := $(PKG_LIBS) -lhttp_parser -lm
 
 # Every directory under src/ is a library module, except those holding a main().
 BIN_DIRS := labmand labman devllm toml-decoder
@@ -111,8 +112,9 @@ check: deps
 unit: $(UNIT_BINS)
 	$(Q)for t in $(UNIT_BINS); do $$t || exit 1; done
 
-conformance: $(BUILD)/toml-decoder
+conformance: all deps
 	$(Q)$(PYTHON) tests/conformance/toml/run.py $(BUILD)/toml-decoder
+	$(Q)cd tests/conformance/openai && LABMAN_BUILD=$(abspath $(BUILD)) node --test --test-timeout=60000
 
 fuzz-replay: $(FUZZ_REPLAY)
 	$(Q)for f in $(FUZZ_REPLAY); do n=$$(basename $$f -replay); $$f tests/fuzz/corpus/$$n || exit 1; done

@@ -55,12 +55,19 @@ fuzz_replay() {
     return $rc
 }
 
+# The official openai SDK against labmand's gateway (tests/conformance/openai).
+openai_sdk() {
+    (cd tests/conformance/openai &&
+        LABMAN_BUILD="$BUILD" node --test --test-reporter=tap --test-timeout=60000)
+}
+
 suite unit '\[  PASSED  \] [0-9]+' '\[  FAILED  \] [0-9]+' -- unit_all
 suite toml-test 'toml-test: [0-9]+ passed' '[0-9]+ failed$' -- \
     "$PYTHON" tests/conformance/toml/run.py "$BUILD/toml-decoder"
 suite fuzz-replay 'replay: [0-9]+ inputs ok' 'no-such-line' -- fuzz_replay
 suite integ '[0-9]+ passed' '[0-9]+ (failed|error)' -- \
     env LABMAN_BUILD="$BUILD" "$PYTHON" -m pytest -q -p no:cacheprovider tests/integ
+suite openai-sdk '^# pass [0-9]+' '^# fail [0-9]+' -- openai_sdk
 
 echo "check: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

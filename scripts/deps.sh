@@ -10,10 +10,10 @@ set -euo pipefail
 PKGS=(
     build-essential pkg-config clang
     libevent-dev libcurl4-openssl-dev libssl-dev libsodium-dev libjansson-dev
-    libsqlite3-dev libsystemd-dev libcmocka-dev
+    libsqlite3-dev libsystemd-dev libcmocka-dev libhttp-parser-dev
     python3 python3-pytest
     curl openssl iproute2 util-linux procps
-    nginx-light wrk
+    nginx-light wrk prometheus
 )
 
 missing=()
@@ -23,7 +23,30 @@ for p in "${PKGS[@]}"; do
     fi
 done
 
+# Node.js runs the OpenAI SDK conformance tests. A machine may already have
+# it from elsewhere (with its own npm): only ask Debian when it is absent.
+if ! command -v node >/dev/null 2>&1; then
+    missing+=(nodejs npm)
+elif ! command -v npm >/dev/null 2>&1; then
+    missing+=(npm)
+fi
+
+# The SDK conformance suite's npm packages, exactly as package-lock.json pins
+# them. npm ci writes node_modules/.package-lock.json last, so a missing or
+# older copy means node_modules is absent, stale or half-installed.
+install_npm_packages() {
+    local dir
+    dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/conformance/openai"
+    [ -f "$dir/package-lock.json" ] || return 0
+    if [ ! -f "$dir/node_modules/.package-lock.json" ] ||
+        [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+        echo "deps: npm ci in tests/conformance/openai" >&2
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    fi
+}
+
 if [ ${#missing[@]} -eq 0 ]; then
+    install_npm_packages
     exit 0
 fi
 
@@ -35,3 +58,4 @@ echo "deps: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+install_npm_packages

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 
 DEVLLM_ADDR=127.0.0.1:11500
 ADMIN=127.0.0.1:8145
+GATEWAY=127.0.0.1:31145
 mkdir -p build/demo/data
 chmod 700 build/demo/data
 
@@ -27,7 +28,8 @@ pids+=($!)
 
 # Wait for both to answer before telling the user what to paste.
 for _ in $(seq 1 100); do
-    if "$BUILD/labman" status -c examples/demo.toml >/dev/null 2>&1 &&
+    # /readyz: the runtime has been checked, so the gateway knows its models.
+    if curl -fsS "http://$ADMIN/readyz" >/dev/null 2>&1 &&
         curl -fsS "http://$DEVLLM_ADDR/api/version" >/dev/null 2>&1; then
         break
     fi
@@ -40,8 +42,14 @@ cat <<TXT
 labman demo is running (Ctrl-C stops it).
   node status:   $BUILD/labman status -c examples/demo.toml
   metrics:       curl -s http://$ADMIN/metrics
-  the runtime's OpenAI API (labman-devllm as Ollama):
-    curl -s http://$DEVLLM_ADDR/v1/chat/completions -H 'Content-Type: application/json' \\
+  requests now:  $BUILD/labman requests -c examples/demo.toml
+  a completion through the gateway (OpenAI API on $GATEWAY):
+    curl -s http://$GATEWAY/v1/chat/completions -H 'Content-Type: application/json' \\
       -d '{"model":"llama3.2:1b","messages":[{"role":"user","content":"Hello there"}]}'
+  the same, streamed:
+    curl -sN http://$GATEWAY/v1/chat/completions -H 'Content-Type: application/json' \\
+      -d '{"model":"llama3.2:1b","stream":true,"messages":[{"role":"user","content":"Hi"}]}'
+  models:        curl -s http://$GATEWAY/v1/models
+  OpenAI SDKs:   base_url http://$GATEWAY/v1, any api_key
 TXT
 wait -n "${pids[@]}" || true

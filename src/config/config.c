@@ -834,7 +834,7 @@ parse_gateway(struct ctx *c, const struct lm_toml_value *t)
     get_checked(c, t, "gateway", "listen", chk_listen, &cfg->gateway.listen);
     c->auth_v = get_enum(c, t, "gateway", "auth", auth_names, LM_ARRAY_LEN(auth_names), &e);
     if (c->auth_v)
-        cfg->gateway.auth = (enum lm_auth)e;
+        cfg->gateway.auth = (enum lm_auth_mode)e;
     if (get_enum(c, t, "gateway", "route", route_names, LM_ARRAY_LEN(route_names), &e))
         cfg->gateway.route = (enum lm_route)e;
     get_int(c, t, "gateway", "max_body_bytes", 1024, 1 << 30, &cfg->gateway.max_body_bytes);
@@ -1513,7 +1513,7 @@ lm_config_role_name(enum lm_role r)
 }
 
 const char *
-lm_config_auth_name(enum lm_auth a)
+lm_config_auth_name(enum lm_auth_mode a)
 {
     return (unsigned)a < LM_ARRAY_LEN(auth_names) ? auth_names[a] : "?";
 }

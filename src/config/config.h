@@ -24,7 +24,7 @@ struct lm_strv {
 };
 
 enum lm_role { LM_ROLE_GATEWAY = 1, LM_ROLE_PROVIDER = 2, LM_ROLE_RELAY = 4 };
-enum lm_auth { LM_AUTH_NONE, LM_AUTH_KEYS, LM_AUTH_FEP };
+enum lm_auth_mode { LM_AUTH_NONE, LM_AUTH_KEYS, LM_AUTH_FEP };
 enum lm_route { LM_ROUTE_LOCAL_ONLY, LM_ROUTE_PREFER_LOCAL, LM_ROUTE_BALANCE };
 enum lm_trust { LM_TRUST_PRIVATE, LM_TRUST_FRIENDS, LM_TRUST_PUBLIC };
 enum lm_endpoint_kind {
@@ -84,7 +84,7 @@ struct lm_config {
 
     struct {
         char *listen;
-        enum lm_auth auth;
+        enum lm_auth_mode auth;
         enum lm_route route;
         int64_t max_body_bytes;
         int request_timeout_s;
@@ -158,7 +158,7 @@ int lm_config_micros_parse(const char *s, lm_micros *out);
 void lm_config_micros_format(lm_micros m, char *out, size_t cap);
 
 const char *lm_config_role_name(enum lm_role r);
-const char *lm_config_auth_name(enum lm_auth a);
+const char *lm_config_auth_name(enum lm_auth_mode a);
 const char *lm_config_route_name(enum lm_route r);
 const char *lm_config_trust_name(enum lm_trust t);
 const char *lm_config_kind_name(enum lm_endpoint_kind k);

@@ -16,6 +16,7 @@
 #include <jansson.h>
 #include <sodium.h>
 
+#include "http/http.h"
 #include "log/log.h"
 
 #define F_OPENAI (1u << LM_DEVLLM_OPENAI)
@@ -37,7 +38,7 @@ enum gen_kind { GEN_CHAT, GEN_COMPLETION, GEN_OLLAMA_CHAT, GEN_OLLAMA_GENERATE }
 struct lm_devllm_req {
     struct lm_devllm_req *next_free;
     struct lm_devllm_server *srv;
-    struct lm_devllm_conn *c;
+    struct lm_devllm_conn c; /* the client being answered */
     struct event *timer;
     enum gen_kind kind;
     size_t model;
@@ -64,6 +65,13 @@ typedef void handler_fn(struct lm_devllm_conn *c, json_t *body);
 
 /* --- replies ------------------------------------------------------------ */
 
+static void
+respond(struct lm_devllm_conn *c, int status, const char *ctype, const char *extra,
+        const char *body, size_t len)
+{
+    lm_http_respond(c->http, status, ctype, extra, body, len);
+}
+
 static struct lm_buf *
 scratch(struct lm_devllm_conn *c)
 {
@@ -74,13 +82,13 @@ scratch(struct lm_devllm_conn *c)
 static void
 reply_buf(struct lm_devllm_conn *c, int status, struct lm_buf *b)
 {
-    lm_devllm_respond(c, status, JSON_CT, b->data, b->len);
+    respond(c, status, JSON_CT, NULL, b->data, b->len);
 }
 
 static void
 reply_str(struct lm_devllm_conn *c, int status, const char *ctype, const char *s)
 {
-    lm_devllm_respond(c, status, ctype, s, strlen(s));
+    respond(c, status, ctype, NULL, s, strlen(s));
 }
 
 static void reply_error(struct lm_devllm_conn *c, enum api api, int status, const char *type,
@@ -123,7 +131,7 @@ reply_error(struct lm_devllm_conn *c, enum api api, int status, const char *type
             lm_buf_puts(b, "null}}");
     }
     const char *extra = status == 429 || status == 503 ? "Retry-After: 1\r\n" : NULL;
-    lm_devllm_respond_extra(c, status, JSON_CT, extra, b->data, b->len);
+    respond(c, status, JSON_CT, extra, b->data, b->len);
 }
 
 static void
@@ -519,9 +527,7 @@ req_release(struct lm_devllm_req *q)
     evtimer_del(q->timer);
     s->active--;
     s->models[q->model].active--;
-    if (q->c)
-        q->c->req = NULL;
-    q->c = NULL;
+    q->c.http = NULL;
     if (q->text.cap > 1024 * 1024)
         lm_buf_release(&q->text);
     q->next_free = s->free_reqs;
@@ -537,7 +543,7 @@ ollama_created_at(char *out, size_t cap)
 static void
 emit_token(struct lm_devllm_req *q, const char *w, size_t wl)
 {
-    struct lm_devllm_conn *c = q->c;
+    struct lm_devllm_conn *c = &q->c;
     const char *sp = q->emitted ? " " : "";
     char buf[1024], ts[48];
     int n = 0;
@@ -555,7 +561,7 @@ emit_token(struct lm_devllm_req *q, const char *w, size_t wl)
                          "data: %s{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},"
                          "\"logprobs\":null,\"finish_reason\":null}]%s}\n\n",
                          q->prefix, usage);
-            lm_devllm_stream_write(c, buf, (size_t)n);
+            lm_http_stream_write(c->http, buf, (size_t)n);
         }
         n = snprintf(buf, sizeof(buf),
                      "data: %s{\"index\":0,\"delta\":{\"content\":\"%s%s\"},\"logprobs\":null,"
@@ -582,7 +588,7 @@ emit_token(struct lm_devllm_req *q, const char *w, size_t wl)
         break;
     }
     if (n > 0 && (size_t)n < sizeof(buf))
-        lm_devllm_stream_write(c, buf, (size_t)n);
+        lm_http_stream_write(c->http, buf, (size_t)n);
 }
 
 static void
@@ -612,7 +618,7 @@ static void
 finish(struct lm_devllm_req *q)
 {
     struct lm_devllm_server *s = q->srv;
-    struct lm_devllm_conn *c = q->c;
+    struct lm_devllm_conn *c = &q->c;
     struct lm_devllm_model *m = &s->models[q->model];
     const char *fr = q->finish_length ? "length" : "stop";
     struct lm_buf *b = scratch(c);
@@ -636,8 +642,8 @@ finish(struct lm_devllm_req *q)
         put_ollama_stats(b, q, fr);
         if (q->stream) {
             lm_buf_puts(b, "\n");
-            lm_devllm_stream_write(c, b->data, b->len);
-            lm_devllm_stream_end(c);
+            lm_http_stream_write(c->http, b->data, b->len);
+            lm_http_stream_end(c->http);
         } else {
             reply_buf(c, 200, b);
         }
@@ -664,16 +670,16 @@ finish(struct lm_devllm_req *q)
                              "\"finish_reason\":\"%s\"}]%s}\n\n",
                           q->prefix, fr, usage);
         }
-        lm_devllm_stream_write(c, b->data, b->len);
+        lm_http_stream_write(c->http, b->data, b->len);
         if (q->include_usage) {
             lm_buf_reset(b);
             lm_buf_printf(b, "data: %s],", q->prefix);
             put_usage(b, q);
             lm_buf_puts(b, "}\n\n");
-            lm_devllm_stream_write(c, b->data, b->len);
+            lm_http_stream_write(c->http, b->data, b->len);
         }
-        lm_devllm_stream_write(c, "data: [DONE]\n\n", 14);
-        lm_devllm_stream_end(c);
+        lm_http_stream_write(c->http, "data: [DONE]\n\n", 14);
+        lm_http_stream_end(c->http);
     } else {
         /* prefix is the chunk prefix up to "choices":[ with the object name swapped. */
         size_t plen = strlen(q->prefix);
@@ -693,7 +699,6 @@ finish(struct lm_devllm_req *q)
         reply_buf(c, 200, b);
     }
     req_release(q);
-    lm_devllm_conn_done(c);
 }
 
 static void
@@ -710,31 +715,27 @@ static void
 pump(struct lm_devllm_req *q)
 {
     struct lm_devllm_server *s = q->srv;
-    struct lm_devllm_conn *c = q->c;
+    struct lm_devllm_conn *c = &q->c;
     uint64_t now = lm_now_us();
     unsigned budget = YIELD_TOKENS;
 
     while (q->emitted < q->n) {
         if (q->next_due_us > now) {
-            lm_devllm_conn_flush(c);
             schedule(q, now);
             return;
         }
         if (s->opts.fail_after_tokens >= 0 && q->emitted >= s->opts.fail_after_tokens) {
             log_debug("fault: breaking the answer after %u tokens", q->emitted);
+            struct lm_http_conn *hc = c->http;
             req_release(q);
-            lm_devllm_conn_abort(c, true);
+            lm_http_abort(hc); /* what was written goes out, then the close */
             return;
         }
-        if (q->stream && lm_devllm_conn_pending(c) > STREAM_HIGH) {
-            lm_devllm_conn_flush(c);
-            if (lm_devllm_conn_pending(c) > STREAM_HIGH) {
-                q->waiting_drain = true;
-                return;
-            }
+        if (q->stream && lm_http_conn_pending(c->http) > STREAM_HIGH) {
+            q->waiting_drain = true; /* until LM_HTTP_DRAINED */
+            return;
         }
         if (budget-- == 0) {
-            lm_devllm_conn_flush(c);
             event_active(q->timer, EV_TIMEOUT, 1);
             return;
         }
@@ -756,7 +757,6 @@ pump(struct lm_devllm_req *q)
             now = lm_now_us();
     }
     finish(q);
-    lm_devllm_conn_flush(c);
 }
 
 static void
@@ -767,23 +767,20 @@ tick(evutil_socket_t fd, short what, void *arg)
     pump(arg);
 }
 
-void
-lm_devllm_api_drained(struct lm_devllm_conn *c)
+/* The client drained its output (resume a paused stream) or went away (the
+ * request is freed at once: its slot and gauges are free for the next). */
+static void
+on_http_event(struct lm_http_conn *hc, enum lm_http_event ev, void *arg)
 {
-    struct lm_devllm_req *q = c->req;
-    if (q && q->waiting_drain && lm_devllm_conn_pending(c) < STREAM_LOW) {
-        q->waiting_drain = false;
-        pump(q);
-    }
-}
-
-void
-lm_devllm_api_closed(struct lm_devllm_conn *c)
-{
-    struct lm_devllm_req *q = c->req;
-    if (!q)
+    struct lm_devllm_req *q = arg;
+    if (ev == LM_HTTP_DRAINED) {
+        if (q->waiting_drain && lm_http_conn_pending(hc) < STREAM_LOW) {
+            q->waiting_drain = false;
+            pump(q);
+        }
         return;
-    c->srv->cancelled_total++;
+    }
+    q->srv->cancelled_total++;
     log_debug("client went away mid-request: freed request after %u of %u tokens", q->emitted,
               q->n);
     req_release(q);
@@ -833,7 +830,7 @@ gen_start(struct lm_devllm_conn *c, enum api api, enum gen_kind kind, struct gen
         return;
     }
     struct lm_devllm_req *q = req_get(s);
-    q->c = c;
+    q->c = *c;
     q->kind = kind;
     q->model = p->model;
     q->stream = p->stream;
@@ -890,11 +887,11 @@ gen_start(struct lm_devllm_conn *c, enum api api, enum gen_kind kind, struct gen
         snprintf(q->prefix, sizeof(q->prefix), "{\"model\":\"%s\",\"created_at\":", m->name);
         break;
     }
-    c->busy = true;
-    c->req = q;
+    lm_http_watch(c->http, on_http_event, q);
     if (q->stream)
-        lm_devllm_stream_begin(c, api == API_OLLAMA ? "application/x-ndjson"
-                                                    : "text/event-stream");
+        lm_http_stream_begin(c->http, 200,
+                             api == API_OLLAMA ? "application/x-ndjson" : "text/event-stream",
+                             "Cache-Control: no-cache\r\n");
     pump(q);
 }
 
@@ -906,7 +903,7 @@ intercept(struct lm_devllm_conn *c, enum api api)
     struct lm_devllm_server *s = c->srv;
     if (s->opts.drop_connection) {
         log_debug("fault: dropping the connection without an answer");
-        lm_devllm_conn_abort(c, false);
+        lm_http_abort(c->http);
         return true;
     }
     if (s->opts.fail_rate > 0 &&
@@ -1386,7 +1383,7 @@ h_vllm_health(struct lm_devllm_conn *c, json_t *body)
     if (loading(c->srv))
         reply_str(c, 503, JSON_CT, "{\"detail\":\"Engine is loading\"}");
     else
-        lm_devllm_respond(c, 200, JSON_CT, "", 0);
+        respond(c, 200, JSON_CT, NULL, "", 0);
 }
 
 static void
@@ -1434,7 +1431,7 @@ h_vllm_metrics(struct lm_devllm_conn *c, json_t *body)
     for (size_t i = 0; i < s->nmodels; i++)
         lm_buf_printf(b, "vllm:request_success_total{model_name=\"%s\"} %" PRIu64 ".0\n",
                       s->models[i].name, s->models[i].success_total);
-    lm_devllm_respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", b->data, b->len);
+    respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, b->data, b->len);
 }
 
 /* --- routing ----------------------------------------------------------------- */
@@ -1473,7 +1470,7 @@ static const struct route routes[] = {
 };
 
 static void
-not_found(struct lm_devllm_conn *c, const struct lm_devllm_http_req *r, bool wrong_method)
+not_found(struct lm_devllm_conn *c, const struct lm_http_request *r, bool wrong_method)
 {
     char esc[128];
     switch (c->srv->opts.flavor) {
@@ -1504,8 +1501,10 @@ not_found(struct lm_devllm_conn *c, const struct lm_devllm_http_req *r, bool wro
 }
 
 void
-lm_devllm_api_handle(struct lm_devllm_conn *c, const struct lm_devllm_http_req *r)
+lm_devllm_api_handle(struct lm_http_conn *hc, const struct lm_http_request *r, void *arg)
 {
+    struct lm_devllm_conn ctx = {.srv = arg, .http = hc}, *c = &ctx;
+    c->srv->requests_total++;
     unsigned flavor = 1u << c->srv->opts.flavor;
     const struct route *hit = NULL;
     bool path_known = false;

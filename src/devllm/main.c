@@ -288,7 +288,6 @@ main(int argc, char **argv)
     }
     signal(SIGPIPE, SIG_IGN);
 
-    srv.listen_fd = -1;
     srv.rng = o->seed ^ 0x5eedf00dULL;
     srv.started_ms = lm_now_ms();
     lm_buf_init(&srv.scratch, 256u * 1024 * 1024);
@@ -299,21 +298,37 @@ main(int argc, char **argv)
         log_error("cannot create the event loop");
         return 1;
     }
-    if (lm_devllm_server_listen(&srv))
+    char listen_buf[300], err[256];
+    if (!listen) {
+        snprintf(listen_buf, sizeof(listen_buf), "%s:%d", o->host, o->port);
+        listen = listen_buf;
+    }
+    struct lm_http_server_opts hopts = {
+        .listen = listen,
+        .max_header_bytes = LM_DEVLLM_HDR_MAX,
+        .max_body_bytes = o->max_body,
+        .server_name = "labman-devllm",
+        .handler = lm_devllm_api_handle,
+        .arg = &srv,
+    };
+    if (lm_http_server_new(&srv.http, srv.base, &hopts, err, sizeof(err))) {
+        log_error("%s", err);
         goto out;
+    }
+    lm_http_server_set_max_body(srv.http, o->max_body); /* 0 is 0 here, not the default */
     sigterm = evsignal_new(srv.base, SIGTERM, on_signal, srv.base);
     sigint = evsignal_new(srv.base, SIGINT, on_signal, srv.base);
     event_add(sigterm, NULL);
     event_add(sigint, NULL);
-    log_info("labman-devllm %s: %s flavor on %s:%d, %zu model(s), %u tokens/s, ttft %u ms",
-             LM_VERSION, flavor_names[o->flavor], o->host, o->port, srv.nmodels,
+    log_info("labman-devllm %s: %s flavor on %s, %zu model(s), %u tokens/s, ttft %u ms",
+             LM_VERSION, flavor_names[o->flavor], lm_http_server_address(srv.http), srv.nmodels,
              o->tokens_per_sec, o->ttft_ms);
     event_base_dispatch(srv.base);
     rc = 0;
     log_info("stopped after %llu requests (%llu cancelled by clients)",
              (unsigned long long)srv.requests_total, (unsigned long long)srv.cancelled_total);
 out:
-    lm_devllm_server_close(&srv);
+    lm_http_server_free(srv.http); /* streams in progress are cancelled first */
     lm_devllm_api_free_all(&srv);
     if (sigterm)
         event_free(sigterm);

@@ -111,4 +111,24 @@ void lm_http_watch(struct lm_http_conn *c, lm_http_event_fn *fn, void *arg);
 
 const char *lm_http_reason(int status);
 
+/* Added for the fuzz target and tests: the request-head parser on its own. */
+#define LM_HTTP_MAX_TARGET 4096 /* request target bytes; longer → 414 */
+
+/* What the parser learned beyond struct lm_http_request. */
+struct lm_http_head {
+    size_t content_length;
+    bool keep_alive;      /* from the version and Connection */
+    bool expect_continue; /* "Expect: 100-continue" */
+    const char *why;      /* on error: a short reason, safe to put in JSON */
+};
+
+/* Parses one complete request head buf[0..len), which must end in
+ * "\r\n\r\n", in place: NULs are written into buf and r's strings point
+ * into it, except r->path when there is a query, which is copied into
+ * pathbuf (LM_HTTP_MAX_TARGET + 1 bytes). r->body is left NULL. Returns 0
+ * or the status to answer: 400, 414, 431 (too many header lines), 501
+ * (Transfer-Encoding: request bodies need Content-Length), 505. */
+int lm_http_parse_head(char *buf, size_t len, struct lm_http_request *r, char *pathbuf,
+                       struct lm_http_head *h);
+
 #endif

@@ -14,17 +14,11 @@
 #include "admin/admin.h"
 #include "config/config.h"
 #include "identity/identity.h"
+#include "labman/cli.h"
 #include "util/util.h"
 
 #define DEFAULT_ADMIN "127.0.0.1:8145"
 #define REPLY_MAX (4u << 20)
-
-struct target {
-    const char *config;     /* -c */
-    const char *admin;      /* --admin */
-    const char *token_file; /* --token-file */
-    bool json;
-};
 
 static const char usage_main[] =
     "Usage: labman <command> [options]\n"
@@ -35,6 +29,10 @@ static const char usage_main[] =
     "  config check F  validate a config file\n"
     "  config show     print the effective config, defaults included, secrets masked\n"
     "  config reload   ask labmand to re-read its config\n"
+    "  endpoints       the local runtimes: kind, health, load, circuit (--json)\n"
+    "  models          the models they serve (--json)\n"
+    "  requests        the gateway's requests in flight (--json)\n"
+    "  key new NAME    make an API key for [gateway] auth = \"keys\" (shown once)\n"
     "  version         print the version\n"
     "\n"
     "Run `labman <command> --help` for a command's options.\n";
@@ -114,13 +112,8 @@ connect_addr(const char *listen, char *out, size_t cap)
         snprintf(out, cap, "%s:%d", host, port);
 }
 
-struct conn {
-    char addr[300];
-    char *token; /* NULL = none */
-};
-
-static int
-resolve(const struct target *t, struct conn *c)
+int
+cli_resolve(const struct target *t, struct conn *c)
 {
     const char *token_file = t->token_file;
     struct lm_config *cfg = NULL;
@@ -154,8 +147,8 @@ resolve(const struct target *t, struct conn *c)
     return rc;
 }
 
-static void
-conn_release(struct conn *c)
+void
+cli_conn_release(struct conn *c)
 {
     if (c->token) {
         memset(c->token, 0, strlen(c->token));
@@ -174,8 +167,8 @@ on_body(char *p, size_t size, size_t n, void *arg)
 
 /* Calls the admin API. Returns the HTTP status and the parsed JSON body (or
  * NULL), or -1 after printing why labmand could not be reached. */
-static long
-call(const struct conn *c, const char *method, const char *path, json_t **out)
+long
+cli_call(const struct conn *c, const char *method, const char *path, json_t **out)
 {
     char url[512], auth[LM_ADMIN_TOKEN_MAX + 32], errbuf[CURL_ERROR_SIZE] = "";
     struct lm_buf body;
@@ -232,8 +225,8 @@ out:
 }
 
 /* Prints an error answer as one line; returns the exit code. */
-static int
-api_error(const struct conn *c, long status, json_t *body)
+int
+cli_api_error(const struct conn *c, long status, json_t *body)
 {
     const char *msg = json_string_value(json_object_get(json_object_get(body, "error"), "message"));
     if (status == 401)
@@ -324,8 +317,8 @@ print_status(json_t *st)
     print_row("last reload", buf);
 }
 
-static bool
-wants_help(int argc, char **argv)
+bool
+cli_wants_help(int argc, char **argv)
 {
     for (int i = 1; i < argc; i++)
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
@@ -334,8 +327,8 @@ wants_help(int argc, char **argv)
 }
 
 /* Options shared by the commands that talk to labmand. */
-static int
-parse_target(int argc, char **argv, struct target *t, bool allow_json, const char *usage)
+int
+cli_parse_target(int argc, char **argv, struct target *t, bool allow_json, const char *usage)
 {
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},     {"admin", required_argument, NULL, 'a'},
@@ -387,19 +380,19 @@ cmd_status(int argc, char **argv)
     json_t *st = NULL;
     int rc = 1;
 
-    if (wants_help(argc, argv)) {
+    if (cli_wants_help(argc, argv)) {
         fputs(usage_status, stdout);
         return 0;
     }
-    if (parse_target(argc, argv, &t, true, usage_status) < 0)
+    if (cli_parse_target(argc, argv, &t, true, usage_status) < 0)
         return 2;
-    if (resolve(&t, &c) < 0)
+    if (cli_resolve(&t, &c) < 0)
         return 1;
-    long status = call(&c, "GET", "/admin/v1/status", &st);
+    long status = cli_call(&c, "GET", "/admin/v1/status", &st);
     if (status < 0)
         goto out;
     if (status != 200 || !json_is_object(st)) {
-        rc = api_error(&c, status, st);
+        rc = cli_api_error(&c, status, st);
         goto out;
     }
     if (t.json) {
@@ -412,7 +405,7 @@ cmd_status(int argc, char **argv)
     rc = 0;
 out:
     json_decref(st);
-    conn_release(&c);
+    cli_conn_release(&c);
     return rc;
 }
 
@@ -420,11 +413,11 @@ static int
 cmd_identity(int argc, char **argv)
 {
     struct target t;
-    if (wants_help(argc, argv)) {
+    if (cli_wants_help(argc, argv)) {
         fputs(usage_identity, stdout);
         return 0;
     }
-    if (parse_target(argc, argv, &t, false, usage_identity) < 0 || t.admin || t.token_file) {
+    if (cli_parse_target(argc, argv, &t, false, usage_identity) < 0 || t.admin || t.token_file) {
         if (t.admin || t.token_file)
             fputs(usage_identity, stderr);
         return 2;
@@ -468,7 +461,7 @@ static int
 config_show(int argc, char **argv)
 {
     struct target t;
-    if (parse_target(argc, argv, &t, false, usage_config) < 0 || t.admin || t.token_file)
+    if (cli_parse_target(argc, argv, &t, false, usage_config) < 0 || t.admin || t.token_file)
         return 2;
     struct lm_config *cfg = load_config(t.config);
     if (!cfg)
@@ -493,16 +486,16 @@ config_reload(int argc, char **argv)
     json_t *res = NULL;
     int rc = 1;
 
-    if (parse_target(argc, argv, &t, true, usage_config) < 0)
+    if (cli_parse_target(argc, argv, &t, true, usage_config) < 0)
         return 2;
-    if (resolve(&t, &c) < 0)
+    if (cli_resolve(&t, &c) < 0)
         return 1;
-    long status = call(&c, "POST", "/admin/v1/config/reload", &res);
+    long status = cli_call(&c, "POST", "/admin/v1/config/reload", &res);
     if (status < 0)
         goto out;
     const char *result = json_string_value(json_object_get(res, "result"));
     if ((status != 200 && status != 422) || !result) {
-        rc = api_error(&c, status, res);
+        rc = cli_api_error(&c, status, res);
         goto out;
     }
     if (t.json) {
@@ -526,7 +519,7 @@ config_reload(int argc, char **argv)
     }
 out:
     json_decref(res);
-    conn_release(&c);
+    cli_conn_release(&c);
     return rc;
 }
 
@@ -538,7 +531,7 @@ cmd_config(int argc, char **argv)
         return argc < 2 ? 2 : 0;
     }
     const char *sub = argv[1];
-    if (wants_help(argc - 1, argv + 1)) {
+    if (cli_wants_help(argc - 1, argv + 1)) {
         fputs(usage_config, stdout);
         return 0;
     }
@@ -584,6 +577,14 @@ main(int argc, char **argv)
         rc = cmd_identity(argc - 1, argv + 1);
     else if (strcmp(cmd, "config") == 0)
         rc = cmd_config(argc - 1, argv + 1);
+    else if (strcmp(cmd, "key") == 0)
+        rc = cli_cmd_key(argc - 1, argv + 1);
+    else if (strcmp(cmd, "endpoints") == 0)
+        rc = cli_cmd_endpoints(argc - 1, argv + 1);
+    else if (strcmp(cmd, "models") == 0)
+        rc = cli_cmd_models(argc - 1, argv + 1);
+    else if (strcmp(cmd, "requests") == 0)
+        rc = cli_cmd_requests(argc - 1, argv + 1);
     else {
         fprintf(stderr, "labman: unknown command \"%s\"\n\n", cmd);
         fputs(usage_main, stderr);

@@ -127,6 +127,9 @@ reload(struct lm_daemon *d, const char *trigger, json_t **result)
         add_names(json_object_get(rec, "restart_needed"), restart.data);
     }
     apply_logging(next);
+    lm_endpoints_reconfigure(d->endpoints, next);
+    if (d->gateway)
+        lm_gateway_reconfigure(d->gateway, next);
     if (d->cfg != d->boot_cfg)
         lm_config_free(d->cfg);
     d->cfg = next;
@@ -178,6 +181,39 @@ on_status(json_t *st, void *arg)
 }
 
 static void
+route_endpoints(struct evhttp_request *req, void *arg)
+{
+    struct lm_daemon *d = arg;
+    lm_admin_reply_json(req, 200, lm_endpoints_json(d->endpoints));
+}
+
+static void
+route_models(struct evhttp_request *req, void *arg)
+{
+    struct lm_daemon *d = arg;
+    lm_admin_reply_json(req, 200, lm_endpoints_models_json(d->endpoints));
+}
+
+static void
+on_endpoints_metrics(struct lm_buf *out, void *arg)
+{
+    struct lm_daemon *d = arg;
+    lm_endpoints_metrics(d->endpoints, out);
+}
+
+/* Ready once every configured endpoint has been checked, so that the
+ * first requests find the catalogue filled. */
+static void
+on_endpoints_checked(void *arg)
+{
+    struct lm_daemon *d = arg;
+    if (!d->draining && lm_admin_get_state(d->admin) == LM_ADMIN_STARTING) {
+        log_info("first check of %zu endpoint(s) done", lm_endpoints_count(d->endpoints));
+        lm_admin_set_state(d->admin, LM_ADMIN_READY);
+    }
+}
+
+static void
 on_metrics(struct lm_buf *out, void *arg)
 {
     struct lm_daemon *d = arg;
@@ -194,7 +230,7 @@ on_metrics(struct lm_buf *out, void *arg)
 static unsigned
 in_flight(struct lm_daemon *d)
 {
-    return lm_admin_in_flight(d->admin);
+    return lm_admin_in_flight(d->admin) + lm_gateway_in_flight(d->gateway);
 }
 
 static void
@@ -234,6 +270,7 @@ on_stop_signal(evutil_socket_t sig, short what, void *arg)
     d->draining = true;
     lm_admin_set_state(d->admin, LM_ADMIN_DRAINING);
     lm_admin_stop_listening(d->admin);
+    lm_gateway_stop_listening(d->gateway);
     sd_notify(0, "STOPPING=1\nSTATUS=draining");
     d->drain_deadline_ms = lm_now_ms() + (uint64_t)d->grace_s * 1000;
     log_info("%s: stopped accepting; draining %u request(s) for up to %d s", strsignal((int)sig),
@@ -303,6 +340,34 @@ lm_daemon_start(struct lm_daemon *d, struct lm_config *cfg, const char *path, bo
     lm_admin_add_status(d->admin, on_status, d);
     lm_admin_add_metrics(d->admin, on_metrics, d);
 
+    rc = lm_upstream_new(&d->upstream, d->base);
+    if (rc == 0)
+        rc = lm_endpoints_new(&d->endpoints, d->base, d->upstream, cfg);
+    if (rc < 0) {
+        log_error("cannot start the endpoint registry: %s", strerror(-rc));
+        return rc;
+    }
+    lm_admin_route(d->admin, "/admin/v1/endpoints", EVHTTP_REQ_GET, route_endpoints, d);
+    lm_admin_route(d->admin, "/admin/v1/models", EVHTTP_REQ_GET, route_models, d);
+    lm_admin_add_metrics(d->admin, on_endpoints_metrics, d);
+    lm_endpoints_on_first_round(d->endpoints, on_endpoints_checked, d);
+
+    if (cfg->node.roles & LM_ROLE_GATEWAY) {
+        struct lm_gateway_deps gd = {
+            .base = d->base,
+            .upstream = d->upstream,
+            .endpoints = d->endpoints,
+            .admin = d->admin,
+            .node_name = cfg->node.name,
+            .node_id = d->id.node_id,
+        };
+        rc = lm_gateway_new(&d->gateway, &gd, cfg, err, sizeof(err));
+        if (rc < 0) {
+            log_error("%s", err);
+            return rc;
+        }
+    }
+
     d->sig_term = evsignal_new(d->base, SIGTERM, on_stop_signal, d);
     d->sig_int = evsignal_new(d->base, SIGINT, on_stop_signal, d);
     d->sig_hup = evsignal_new(d->base, SIGHUP, on_hup, d);
@@ -314,7 +379,8 @@ lm_daemon_start(struct lm_daemon *d, struct lm_config *cfg, const char *path, bo
         return -EIO;
     }
 
-    lm_admin_set_state(d->admin, LM_ADMIN_READY);
+    if (cfg->n_endpoints == 0)
+        lm_admin_set_state(d->admin, LM_ADMIN_READY);
     log_info("labmand %s ready: admin on http://%s (config %s)", LM_VERSION,
              lm_admin_address(d->admin), cfg->path && *cfg->path ? cfg->path : "built-in defaults");
     sd_notifyf(0, "READY=1\nMAINPID=%ld\nSTATUS=serving; admin on %s", (long)getpid(),
@@ -344,6 +410,10 @@ lm_daemon_free(struct lm_daemon *d)
         event_free(d->sig_hup);
     if (d->drain_timer)
         event_free(d->drain_timer);
+    /* The gateway first: its requests hold endpoint slots and upstream requests. */
+    lm_gateway_free(d->gateway);
+    lm_endpoints_free(d->endpoints);
+    lm_upstream_free(d->upstream);
     lm_admin_free(d->admin);
     if (d->cfg != d->boot_cfg)
         lm_config_free(d->cfg);

@@ -11,7 +11,10 @@
 
 #include "admin/admin.h"
 #include "config/config.h"
+#include "endpoints/endpoints.h"
+#include "gateway/gateway.h"
 #include "identity/identity.h"
+#include "upstream/upstream.h"
 
 #define LM_DAEMON_GRACE_S 10
 
@@ -23,6 +26,9 @@ struct lm_daemon {
     struct lm_config *boot_cfg; /* as started; listeners follow it until restart */
     struct lm_identity id;
     struct lm_admin *admin;
+    struct lm_upstream *upstream;   /* one libcurl multi for probes and requests */
+    struct lm_endpoints *endpoints; /* the local runtimes */
+    struct lm_gateway *gateway;     /* the OpenAI API; NULL without the gateway role */
 
     struct event *sig_term, *sig_int, *sig_hup, *drain_timer;
     int grace_s;

@@ -32,7 +32,8 @@ def test_status_table_and_json(tmp_path, procs):
     assert rows["state"] == ["ready"]
     assert rows["roles"] == ["gateway, provider"]
     assert rows["pid"] == [str(p.p.pid)]
-    assert rows["listen"] == [f"admin    127.0.0.1:{port}"]
+    assert rows["listen"][0] == f"admin    127.0.0.1:{port}"
+    assert re.fullmatch(r"gateway  127\.0\.0\.1:\d+", rows["listen"][1])
     assert rows["last reload"] == ["never"]
     assert re.fullmatch(r"[0-9a-f]{64}", rows["node id"][0])
 

@@ -13,15 +13,25 @@ import pytest
 from conftest import Proc, binpath, free_port, http, wait_port
 
 
+# The gateway role is on by default: give each test's daemon its own free
+# gateway port (the same one across rewrites of its config) instead of 31145.
+_gateway_ports = {}
+
+
 def write_config(tmp_path, port, extra="", node_extra="", name="labman.toml",
                  listen=None):
     data_dir = tmp_path / "data"
     path = tmp_path / name
+    gw = ""
+    if "[gateway]" not in extra:
+        gw_port = _gateway_ports.setdefault(str(tmp_path), free_port())
+        gw = f'[gateway]\nlisten = "127.0.0.1:{gw_port}"\n'
     path.write_text(
         "[node]\n"
         'name = "itest"\n'
         f'data_dir = "{data_dir}"\n'
         f"{node_extra}"
+        f"{gw}"
         "[admin]\n"
         f'listen = "{listen or f"127.0.0.1:{port}"}"\n'
         f"{extra}"

@@ -1,0 +1,1240 @@
+/* upstream, the plain path: our own HTTP/1.1 client for http:// URLs with a
+ * numeric host, on non-blocking sockets watched by the libevent loop, with
+ * responses parsed by libhttp-parser. Host names and https:// go to curl.c.
+ *
+ * Cost per request in steady state: one send() of a head and body formatted
+ * into the request's own buffer, one recv() into a buffer shared by every
+ * connection, one pass of http_parser over it, no allocation (requests and
+ * connections come from free lists) and no epoll_ctl (a connection keeps
+ * EV_READ while idle, which is also how a close by the runtime is seen).
+ *
+ * Connections: a pool of idle keep-alive connections per origin (the URL's
+ * host:port as written), newest first, bounded per origin and in all, closed
+ * after IDLE_TIMEOUT_MS. A connection goes back only after a complete
+ * response that allows keep-alive, with nothing extra after it. A request
+ * sent on a reused connection that ends (EOF, reset, failed send) before a
+ * single byte of response is sent once more on a fresh connection: the
+ * runtime closed an idle connection just as we picked it.
+ *
+ * Re-entrancy: callbacks run only from our event callbacks, never from
+ * inside start or cancel; errors found in start arrive through a zero
+ * timer on the next turn of the loop. While the parser runs over bytes of a
+ * request (p->cur), a cancel of that request only marks it and the parser
+ * stops at the next callback; parse() then closes the connection. Any other
+ * request may be cancelled at once. lm_upstream_free from a callback waits
+ * for lm_upstream_leave_.
+ *
+ * Pause stops reading the socket, so the runtime's TCP window fills. Bytes
+ * already read past the pause point (at most one recv buffer) are kept in
+ * the request and parsed first on resume, which runs from a zero timer. */
+#define LM_LOG_MODULE "upstream"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <http_parser.h>
+
+#include "log/log.h"
+#include "upstream/upstream_internal.h"
+
+#define RECV_BUF (16 * 1024)
+#define ORIGIN_IDLE_MAX 64 /* idle connections kept per origin */
+#define IDLE_MAX 256       /* idle connections kept in all */
+#define IDLE_TIMEOUT_MS 30000
+#define SWEEP_MS 5000
+#define ORIGINS_KEEP 64 /* origins without connections kept for later */
+#define FREE_CONNS_MAX 64
+#define AUTHORITY_MAX 64 /* "[v6]:port" (47) with room to spare; longer goes to curl */
+
+struct origin {
+    struct link all;  /* p->origins, most recently used first */
+    struct link idle; /* idle connections, newest first */
+    unsigned nidle;
+    unsigned refs; /* connections and requests using it */
+    struct sockaddr_storage sa;
+    socklen_t salen;
+    size_t keylen;
+    char key[AUTHORITY_MAX + 1]; /* host:port as in the URL; the Host header */
+};
+
+struct preq;
+
+struct conn {
+    struct lm_upplain *p;
+    struct origin *o;
+    struct preq *r; /* NULL while idle */
+    int fd;
+    short watch; /* EV_READ / EV_WRITE as registered now */
+    bool connecting;
+    bool reused; /* a response completed on it before */
+    uint64_t idle_since_ms;
+    struct event *ev;
+    struct link idle; /* o->idle */
+    struct conn *next_free;
+};
+
+enum pstate {
+    P_IDLE,    /* in the free list */
+    P_RUNNING, /* connecting, sending or receiving */
+    P_DONE,    /* finished; on_done may be running */
+};
+
+enum hstate { H_NONE, H_FIELD, H_VALUE };
+
+struct preq {
+    struct lm_upstream_req pub; /* first: the API's handle */
+    struct lm_upplain *p;
+    enum pstate state;
+    struct conn *c;
+    struct origin *o;
+    bool cancelled; /* the caller let go: no callback any more */
+    bool counted;   /* included in p->active */
+    bool paused;
+    bool retried;
+    bool got_bytes; /* something of the response arrived */
+    bool interim;   /* parsing a 1xx response */
+    bool complete;  /* the final response ended */
+    bool deferred;  /* r->defer is armed */
+    enum hstate hstate;
+    int err; /* a verdict reached inside a parser callback, or deferred */
+    const char *errmsg;
+    size_t vstart; /* where the header value being stored starts */
+    size_t received, max, head_bytes, sent;
+    unsigned first_byte_ms, total_ms, connect_ms;
+    struct lm_upstream_cbs cbs;
+    void *arg;
+    http_parser parser;
+    struct lm_buf out;  /* the request: head, then body */
+    struct lm_buf held; /* bytes read but not parsed when paused */
+    size_t held_off;
+    struct event *t_connect, *t_first, *t_total, *defer;
+    struct link live; /* p->live */
+    struct preq *next_free;
+    char msg[160];
+};
+
+struct lm_upplain {
+    struct lm_upstream *up;
+    struct event_base *base;
+    struct link origins;
+    unsigned norigins;
+    struct link live;
+    unsigned active;
+    unsigned nidle;
+    struct event *sweep;
+    struct preq *cur; /* the request the parser is running for */
+    struct preq *free_reqs;
+    unsigned nfree_reqs;
+    struct conn *free_conns;
+    unsigned nfree_conns;
+    char rbuf[RECV_BUF];
+};
+
+static void conn_cb(evutil_socket_t fd, short what, void *arg);
+static void send_some(struct preq *r);
+static void conn_open(struct preq *r);
+
+/* --- requests ending ---------------------------------------------------------------- */
+
+static void
+conn_free(struct conn *c)
+{
+    struct lm_upplain *p = c->p;
+    if (p->nfree_conns >= FREE_CONNS_MAX || p->up->freeing) {
+        event_free(c->ev);
+        free(c);
+        return;
+    }
+    c->next_free = p->free_conns;
+    p->free_conns = c;
+    p->nfree_conns++;
+}
+
+static void
+origin_release(struct lm_upplain *p, struct origin *o)
+{
+    if (o->refs || p->norigins <= ORIGINS_KEEP || p->up->freeing)
+        return;
+    link_del(&o->all);
+    p->norigins--;
+    free(o);
+}
+
+/* Closes: the runtime sees the connection go. */
+static void
+conn_close(struct conn *c)
+{
+    struct lm_upplain *p = c->p;
+    if (c->watch) {
+        event_del(c->ev);
+        c->watch = 0;
+    }
+    close(c->fd);
+    c->fd = -1;
+    if (link_linked(&c->idle)) {
+        link_del(&c->idle);
+        c->o->nidle--;
+        p->nidle--;
+    }
+    c->o->refs--;
+    origin_release(p, c->o);
+    c->o = NULL;
+    c->r = NULL;
+    conn_free(c);
+}
+
+static void
+conn_watch(struct conn *c, short flags)
+{
+    if (c->watch == flags)
+        return;
+    if (c->watch)
+        event_del(c->ev);
+    c->watch = flags;
+    if (!flags)
+        return;
+    event_assign(c->ev, c->p->base, c->fd, (short)(flags | EV_PERSIST), conn_cb, c);
+    if (event_add(c->ev, NULL) != 0)
+        log_error("cannot watch socket %d", c->fd);
+}
+
+static void
+sweep_arm(struct lm_upplain *p)
+{
+    if (!evtimer_pending(p->sweep, NULL)) {
+        struct timeval tv = {SWEEP_MS / 1000, 0};
+        evtimer_add(p->sweep, &tv);
+    }
+}
+
+/* Idle again, or closed when the pool is full. */
+static void
+conn_put(struct conn *c)
+{
+    struct lm_upplain *p = c->p;
+    struct origin *o = c->o;
+    c->r = NULL;
+    if (o->nidle >= ORIGIN_IDLE_MAX || p->nidle >= IDLE_MAX || p->up->freeing) {
+        conn_close(c);
+        return;
+    }
+    c->reused = true;
+    c->idle_since_ms = lm_now_ms();
+    conn_watch(c, EV_READ);
+    link_add_head(&o->idle, &c->idle);
+    o->nidle++;
+    p->nidle++;
+    sweep_arm(p);
+}
+
+static void
+req_destroy(struct preq *r)
+{
+    event_free(r->t_connect);
+    event_free(r->t_first);
+    event_free(r->t_total);
+    event_free(r->defer);
+    lm_buf_release(&r->out);
+    lm_buf_release(&r->held);
+    lm_buf_release(&r->pub.resphead);
+    free(r);
+}
+
+static void
+recycle(struct preq *r)
+{
+    struct lm_upplain *p = r->p;
+    r->state = P_IDLE;
+    if (p->nfree_reqs >= LM_UP_FREE_REQS_MAX || p->up->freeing) {
+        req_destroy(r);
+        return;
+    }
+    if (r->out.cap > LM_UP_KEEP_BUF_CAP)
+        lm_buf_release(&r->out);
+    r->next_free = p->free_reqs;
+    p->free_reqs = r;
+    p->nfree_reqs++;
+}
+
+/* Out of every list and timer; the connection pooled (keep) or closed. */
+static void
+detach(struct preq *r, bool keep)
+{
+    struct lm_upplain *p = r->p;
+    r->state = P_DONE;
+    evtimer_del(r->t_connect);
+    evtimer_del(r->t_first);
+    evtimer_del(r->t_total);
+    evtimer_del(r->defer);
+    r->deferred = false;
+    if (link_linked(&r->live))
+        link_del(&r->live);
+    if (r->counted) {
+        r->counted = false;
+        p->active--;
+    }
+    struct conn *c = r->c;
+    r->c = NULL;
+    if (c) {
+        if (keep)
+            conn_put(c);
+        else
+            conn_close(c);
+    }
+    if (r->o) {
+        r->o->refs--;
+        origin_release(p, r->o);
+        r->o = NULL;
+    }
+}
+
+static void
+finish(struct preq *r, int err, const char *msg)
+{
+    bool keep = false;
+    if (err == 0 && r->c && r->sent == r->out.len && !r->c->connecting)
+        keep = http_should_keep_alive(&r->parser) != 0;
+    detach(r, keep);
+    if (err && !r->cancelled)
+        log_debug("request failed: %s (%d)", msg ? msg : "", err);
+    if (!r->cancelled && r->cbs.on_done)
+        r->cbs.on_done(&r->pub, err, msg ? msg : "", r->arg);
+    recycle(r);
+}
+
+/* A verdict found where no callback may run (inside start): delivered from
+ * a zero timer on the next turn of the loop. */
+static void
+defer_error(struct preq *r, int err, const char *msg)
+{
+    if (!r->err) {
+        r->err = err;
+        r->errmsg = msg;
+    }
+    if (r->c) {
+        conn_close(r->c);
+        r->c = NULL;
+    }
+    static const struct timeval zero = {0, 0};
+    r->deferred = true;
+    evtimer_add(r->defer, &zero);
+}
+
+/* --- parsing ------------------------------------------------------------------------ */
+
+static bool
+is_ows(char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+static struct preq *
+req_of(http_parser *hp)
+{
+    return hp->data;
+}
+
+static int
+fail_in_cb(struct preq *r, int err, const char *msg)
+{
+    if (!r->err) {
+        r->err = err;
+        r->errmsg = msg;
+    }
+    return -1;
+}
+
+/* Header bytes of every message (1xx, final, trailers) count towards one
+ * cap, as curl's path counts them. */
+static int
+count_head(struct preq *r, size_t n)
+{
+    if (n > LM_UP_HEAD_CAP - r->head_bytes)
+        return fail_in_cb(r, -EPROTO, "response headers too large");
+    r->head_bytes += n;
+    return 0;
+}
+
+static int
+on_status(http_parser *hp, const char *at, size_t n)
+{
+    (void)at;
+    return count_head(req_of(hp), n);
+}
+
+static int
+end_value(struct preq *r)
+{
+    struct lm_buf *b = &r->pub.resphead;
+    while (b->len > r->vstart && is_ows(b->data[b->len - 1]))
+        b->len--;
+    r->hstate = H_NONE;
+    if (lm_buf_append(b, "", 1))
+        return fail_in_cb(r, -EPROTO, "response headers too large");
+    return 0;
+}
+
+static int
+on_header_field(http_parser *hp, const char *at, size_t n)
+{
+    struct preq *r = req_of(hp);
+    if (count_head(r, n))
+        return -1;
+    if (r->pub.head_done)
+        return 0; /* trailers: counted, not kept */
+    if (r->hstate == H_VALUE && end_value(r))
+        return -1;
+    r->hstate = H_FIELD;
+    if (lm_buf_append(&r->pub.resphead, at, n))
+        return fail_in_cb(r, -EPROTO, "response headers too large");
+    return 0;
+}
+
+static int
+on_header_value(http_parser *hp, const char *at, size_t n)
+{
+    struct preq *r = req_of(hp);
+    struct lm_buf *b = &r->pub.resphead;
+    if (count_head(r, n))
+        return -1;
+    if (r->pub.head_done)
+        return 0;
+    if (r->hstate == H_FIELD) {
+        if (lm_buf_append(b, "", 1))
+            return fail_in_cb(r, -EPROTO, "response headers too large");
+        r->hstate = H_VALUE;
+        r->vstart = b->len;
+    }
+    if (memchr(at, '\0', n))
+        return fail_in_cb(r, -EPROTO, "NUL in a response header");
+    /* Leading OWS; an obs-fold arrives as more of the value, after one
+     * space (RFC 9112 §5.2). */
+    while (b->len == r->vstart && n && is_ows(*at)) {
+        at++;
+        n--;
+    }
+    if (lm_buf_append(b, at, n))
+        return fail_in_cb(r, -EPROTO, "response headers too large");
+    return 0;
+}
+
+static int
+on_headers_complete(http_parser *hp)
+{
+    struct preq *r = req_of(hp);
+    if (r->pub.head_done)
+        return 0; /* after trailers */
+    if (r->hstate == H_VALUE && end_value(r))
+        return -1;
+    r->hstate = H_NONE;
+    int status = hp->status_code;
+    if (status == 101)
+        return fail_in_cb(r, -EPROTO, "unexpected 101 Switching Protocols");
+    if (status < 200) {
+        /* 1xx: the real response follows; 1 tells the parser no body. */
+        r->interim = true;
+        lm_buf_reset(&r->pub.resphead);
+        return 1;
+    }
+    if (r->max && hp->content_length != ULLONG_MAX && hp->content_length > r->max) {
+        snprintf(r->msg, sizeof(r->msg), "response larger than %zu bytes", r->max);
+        return fail_in_cb(r, -EMSGSIZE, r->msg);
+    }
+    r->pub.head_done = true;
+    evtimer_del(r->t_first);
+    if (r->cbs.on_head)
+        r->cbs.on_head(&r->pub, status, r->arg);
+    if (r->cancelled)
+        return -1;
+    if (r->paused)
+        http_parser_pause(hp, 1);
+    return 0;
+}
+
+static int
+on_body(http_parser *hp, const char *at, size_t n)
+{
+    struct preq *r = req_of(hp);
+    if (r->max && n > r->max - r->received) {
+        snprintf(r->msg, sizeof(r->msg), "response larger than %zu bytes", r->max);
+        return fail_in_cb(r, -EMSGSIZE, r->msg);
+    }
+    r->received += n;
+    if (r->cbs.on_data && n)
+        r->cbs.on_data(&r->pub, at, n, r->arg);
+    if (r->cancelled)
+        return -1;
+    if (r->paused)
+        http_parser_pause(hp, 1);
+    return 0;
+}
+
+static int
+on_message_complete(http_parser *hp)
+{
+    struct preq *r = req_of(hp);
+    if (r->interim) {
+        r->interim = false;
+        return 0;
+    }
+    /* Stop here: whatever follows is not ours. */
+    r->complete = true;
+    http_parser_pause(hp, 1);
+    return 0;
+}
+
+static const http_parser_settings settings = {
+    .on_status = on_status,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+/* A cancelled request leaves: its connection is closed, never pooled. */
+static void
+drop(struct preq *r)
+{
+    detach(r, false);
+    recycle(r);
+}
+
+/* Runs the parser over n bytes (n 0: the runtime closed). Returns true while
+ * r still runs, with *used the bytes consumed: all of them, or fewer when
+ * the caller paused. False when r has ended (and may be reused). */
+static bool
+parse(struct preq *r, const char *d, size_t n, size_t *used)
+{
+    struct lm_upplain *p = r->p;
+    p->cur = r;
+    size_t k = http_parser_execute(&r->parser, &settings, d, n);
+    p->cur = NULL;
+    *used = k;
+    enum http_errno e = HTTP_PARSER_ERRNO(&r->parser);
+    if (r->cancelled) {
+        drop(r);
+        return false;
+    }
+    if (r->err) {
+        finish(r, r->err, r->errmsg);
+        return false;
+    }
+    if (r->complete) {
+        if (k < n && r->c) {
+            /* Bytes past the response: the connection is not reusable. */
+            conn_close(r->c);
+            r->c = NULL;
+        }
+        finish(r, 0, NULL);
+        return false;
+    }
+    if (n == 0) {
+        /* EOF short of the end (the parser says HPE_INVALID_EOF_STATE). */
+        finish(r, -ECONNRESET, r->pub.head_done ? "connection closed mid-body"
+                                                : "connection closed mid-headers");
+        return false;
+    }
+    if (e == HPE_PAUSED)
+        return true;
+    if (e != HPE_OK) {
+        snprintf(r->msg, sizeof(r->msg), "bad response: %s", http_errno_description(e));
+        finish(r, -EPROTO, r->msg);
+        return false;
+    }
+    return true;
+}
+
+/* --- the connection's events ----------------------------------------------------------- */
+
+static void
+watch_for(struct preq *r)
+{
+    short f = 0;
+    if (r->c->connecting || r->sent < r->out.len)
+        f |= EV_WRITE;
+    if (!r->c->connecting && !r->paused)
+        f |= EV_READ;
+    conn_watch(r->c, f);
+}
+
+/* The connection ended before any byte of the response: once, on a reused
+ * connection, the runtime may have closed it as we picked it up. */
+static void
+broken(struct preq *r, int err, const char *msg, bool in_start)
+{
+    if (!r->got_bytes && r->c && r->c->reused && !r->retried) {
+        r->retried = true;
+        conn_close(r->c);
+        r->c = NULL;
+        r->sent = 0;
+        r->hstate = H_NONE;
+        r->head_bytes = 0;
+        http_parser_init(&r->parser, HTTP_RESPONSE);
+        r->parser.data = r;
+        conn_open(r);
+        return;
+    }
+    if (in_start)
+        defer_error(r, err, msg);
+    else
+        finish(r, err, msg);
+}
+
+static void
+send_more(struct preq *r, bool in_start)
+{
+    struct conn *c = r->c;
+    while (r->sent < r->out.len) {
+        ssize_t n = send(c->fd, r->out.data + r->sent, r->out.len - r->sent, MSG_NOSIGNAL);
+        if (n > 0) {
+            r->sent += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
+        broken(r, -ECONNRESET, "connection broke while sending", in_start);
+        return;
+    }
+    watch_for(r);
+}
+
+static void
+send_some(struct preq *r)
+{
+    send_more(r, false);
+}
+
+static void
+read_some(struct preq *r)
+{
+    struct lm_upplain *p = r->p;
+    ssize_t n = recv(r->c->fd, p->rbuf, sizeof(p->rbuf), 0);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            return;
+        broken(r, -ECONNRESET, errno == ECONNRESET ? "connection reset" : "receive failed",
+               false);
+        return;
+    }
+    if (n == 0 && !r->got_bytes) {
+        broken(r, -ECONNRESET, "connection closed before a response", false);
+        return;
+    }
+    r->got_bytes = true;
+    size_t used;
+    if (!parse(r, p->rbuf, (size_t)n, &used))
+        return;
+    if (used < (size_t)n) {
+        /* Paused from a callback: keep the rest for resume. */
+        lm_buf_reset(&r->held);
+        r->held_off = 0;
+        lm_buf_append(&r->held, p->rbuf + used, (size_t)n - used);
+    }
+    watch_for(r);
+}
+
+static void
+connected(struct preq *r)
+{
+    struct conn *c = r->c;
+    int soerr = 0;
+    socklen_t sl = sizeof(soerr);
+    if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) != 0)
+        soerr = errno;
+    if (soerr) {
+        snprintf(r->msg, sizeof(r->msg), "cannot connect to %s: %s", r->o->key,
+                 strerror(soerr));
+        finish(r, -ECONNREFUSED, r->msg);
+        return;
+    }
+    c->connecting = false;
+    evtimer_del(r->t_connect);
+    send_some(r);
+}
+
+/* Bytes or EOF on an idle connection: the runtime closed it or is talking
+ * out of turn. Either way it is no use any more. */
+static void
+idle_event(struct conn *c)
+{
+    char b[64];
+    ssize_t n = recv(c->fd, b, sizeof(b), 0);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return;
+    conn_close(c);
+}
+
+static void
+conn_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    struct conn *c = arg;
+    struct lm_upstream *up = c->p->up;
+    lm_upstream_enter_(up);
+    struct preq *r = c->r;
+    if (!r) {
+        idle_event(c);
+    } else if (c->connecting) {
+        connected(r);
+    } else {
+        if ((what & EV_WRITE) && r->sent < r->out.len) {
+            send_some(r);
+            /* r may have ended, or moved to a fresh connection (which may
+             * be this struct again, connecting). */
+            if (r->state != P_RUNNING || r->c != c || c->connecting)
+                goto out;
+        }
+        if ((what & EV_READ) && !r->paused)
+            read_some(r);
+    }
+out:
+    lm_upstream_leave_(up);
+}
+
+/* A fresh connection for r; errors arrive through finish or defer. */
+static void
+conn_open(struct preq *r)
+{
+    struct lm_upplain *p = r->p;
+    struct origin *o = r->o;
+    int fd = socket(o->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(r->msg, sizeof(r->msg), "socket: %s", strerror(errno));
+        defer_error(r, -EIO, r->msg);
+        return;
+    }
+    int one = 1, idle = 60, intvl = 30;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
+    struct conn *c = p->free_conns;
+    if (c) {
+        p->free_conns = c->next_free;
+        p->nfree_conns--;
+    } else {
+        c = lm_xcalloc(1, sizeof(*c));
+        c->p = p;
+        c->ev = event_new(p->base, -1, 0, conn_cb, c);
+        if (!c->ev)
+            abort(); /* out of memory */
+    }
+    c->fd = fd;
+    c->o = o;
+    c->r = r;
+    c->watch = 0;
+    c->reused = false;
+    c->connecting = true;
+    link_init(&c->idle);
+    o->refs++;
+    r->c = c;
+    if (connect(fd, (struct sockaddr *)&o->sa, o->salen) == 0) {
+        c->connecting = false;
+        send_more(r, true);
+        return;
+    }
+    if (errno != EINPROGRESS) {
+        snprintf(r->msg, sizeof(r->msg), "cannot connect to %s: %s", o->key, strerror(errno));
+        defer_error(r, -ECONNREFUSED, r->msg);
+        return;
+    }
+    unsigned ms = r->connect_ms;
+    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+    evtimer_add(r->t_connect, &tv);
+    conn_watch(c, EV_WRITE);
+}
+
+/* --- timers ----------------------------------------------------------------------------- */
+
+static void
+timer_end(struct preq *r, int err, const char *msg)
+{
+    struct lm_upstream *up = r->p->up;
+    lm_upstream_enter_(up);
+    finish(r, err, msg);
+    lm_upstream_leave_(up);
+}
+
+static void
+t_connect_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct preq *r = arg;
+    if (r->state != P_RUNNING || !r->c || !r->c->connecting)
+        return;
+    snprintf(r->msg, sizeof(r->msg), "no connection within %u ms", r->connect_ms);
+    timer_end(r, -ETIMEDOUT, r->msg);
+}
+
+static void
+t_first_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct preq *r = arg;
+    if (r->state != P_RUNNING || r->pub.head_done)
+        return;
+    snprintf(r->msg, sizeof(r->msg), "no response headers within %u ms", r->first_byte_ms);
+    timer_end(r, -ETIMEDOUT, r->msg);
+}
+
+static void
+t_total_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct preq *r = arg;
+    if (r->state != P_RUNNING)
+        return;
+    snprintf(r->msg, sizeof(r->msg), "no complete response within %u ms", r->total_ms);
+    timer_end(r, -ETIMEDOUT, r->msg);
+}
+
+/* A deferred error, or a resume: parse what was held, then read again. */
+static void
+defer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct preq *r = arg;
+    struct lm_upstream *up = r->p->up;
+    r->deferred = false;
+    if (r->state != P_RUNNING)
+        return;
+    lm_upstream_enter_(up);
+    if (r->err) {
+        finish(r, r->err, r->errmsg);
+        goto out;
+    }
+    if (r->paused || !r->c)
+        goto out;
+    if (HTTP_PARSER_ERRNO(&r->parser) == HPE_PAUSED)
+        http_parser_pause(&r->parser, 0);
+    if (r->held_off < r->held.len) {
+        size_t used;
+        if (!parse(r, r->held.data + r->held_off, r->held.len - r->held_off, &used))
+            goto out;
+        r->held_off += used;
+        if (r->held_off == r->held.len) {
+            lm_buf_reset(&r->held);
+            r->held_off = 0;
+        }
+    }
+    if (r->c && !r->c->connecting)
+        watch_for(r);
+out:
+    lm_upstream_leave_(up);
+}
+
+/* --- starting ---------------------------------------------------------------------------- */
+
+static int
+req_get(struct lm_upplain *p, struct preq **out)
+{
+    struct preq *r = p->free_reqs;
+    if (r) {
+        p->free_reqs = r->next_free;
+        p->nfree_reqs--;
+        *out = r;
+        return 0;
+    }
+    r = lm_xcalloc(1, sizeof(*r));
+    r->p = p;
+    r->pub.u = p->up;
+    r->pub.curl = false;
+    lm_buf_init(&r->out, 0);
+    lm_buf_init(&r->held, RECV_BUF);
+    lm_buf_init(&r->pub.resphead, LM_UP_HEAD_CAP);
+    link_init(&r->live);
+    r->t_connect = evtimer_new(p->base, t_connect_cb, r);
+    r->t_first = evtimer_new(p->base, t_first_cb, r);
+    r->t_total = evtimer_new(p->base, t_total_cb, r);
+    r->defer = evtimer_new(p->base, defer_cb, r);
+    if (!r->t_connect || !r->t_first || !r->t_total || !r->defer) {
+        if (r->t_connect)
+            event_free(r->t_connect);
+        if (r->t_first)
+            event_free(r->t_first);
+        if (r->t_total)
+            event_free(r->t_total);
+        if (r->defer)
+            event_free(r->defer);
+        lm_buf_release(&r->out);
+        lm_buf_release(&r->held);
+        lm_buf_release(&r->pub.resphead);
+        free(r);
+        return -ENOMEM;
+    }
+    *out = r;
+    return 0;
+}
+
+/* The origin of "host:port" (a numeric host), made on first use. -EAGAIN
+ * for a host name, -EINVAL for a port out of range. */
+static int
+origin_get(struct lm_upplain *p, const char *auth, size_t alen, struct origin **out)
+{
+    for (struct link *l = p->origins.next; l != &p->origins; l = l->next) {
+        struct origin *o = LINK_ENTRY(l, struct origin, all);
+        if (o->keylen == alen && memcmp(o->key, auth, alen) == 0) {
+            if (l != p->origins.next) {
+                link_del(l);
+                link_add_head(&p->origins, l);
+            }
+            *out = o;
+            return 0;
+        }
+    }
+    if (alen == 0 || alen > AUTHORITY_MAX || memchr(auth, '@', alen))
+        return -EAGAIN; /* userinfo and oddities: curl's */
+    char host[AUTHORITY_MAX + 1];
+    const char *port = NULL;
+    size_t hlen;
+    if (auth[0] == '[') {
+        const char *rb = memchr(auth, ']', alen);
+        if (!rb)
+            return -EAGAIN;
+        hlen = (size_t)(rb - auth - 1);
+        memcpy(host, auth + 1, hlen);
+        if ((size_t)(rb + 1 - auth) < alen) {
+            if (rb[1] != ':')
+                return -EAGAIN;
+            port = rb + 2;
+        }
+    } else {
+        const char *colon = memchr(auth, ':', alen);
+        hlen = colon ? (size_t)(colon - auth) : alen;
+        memcpy(host, auth, hlen);
+        if (colon)
+            port = colon + 1;
+    }
+    host[hlen] = '\0';
+    unsigned long pn = 80;
+    if (port && port < auth + alen) {
+        pn = 0;
+        for (const char *s = port; s < auth + alen; s++) {
+            if (*s < '0' || *s > '9' || pn > 65535)
+                return -EINVAL;
+            pn = pn * 10 + (unsigned long)(*s - '0');
+        }
+        if (pn == 0 || pn > 65535)
+            return -EINVAL;
+    }
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    socklen_t sl;
+    struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, host, &sin->sin_addr) == 1) {
+        sin->sin_family = AF_INET;
+        sin->sin_port = htons((uint16_t)pn);
+        sl = sizeof(*sin);
+    } else if (inet_pton(AF_INET6, host, &sin6->sin6_addr) == 1) {
+        sin6->sin6_family = AF_INET6;
+        sin6->sin6_port = htons((uint16_t)pn);
+        sl = sizeof(*sin6);
+    } else {
+        return -EAGAIN; /* a host name: curl resolves without blocking */
+    }
+    struct origin *o = lm_xcalloc(1, sizeof(*o));
+    link_init(&o->idle);
+    o->sa = ss;
+    o->salen = sl;
+    o->keylen = alen;
+    memcpy(o->key, auth, alen);
+    link_add_head(&p->origins, &o->all);
+    p->norigins++;
+    *out = o;
+    return 0;
+}
+
+/* "METHOD path HTTP/1.1", Host, Content-Length, the caller's headers,
+ * Connection, then the body: one buffer, one send. */
+static int
+format(struct preq *r, const struct lm_upstream_opts *o, const char *path, size_t plen)
+{
+    struct lm_buf *b = &r->out;
+    bool post = o->method[0] == 'P';
+    bool host = false;
+    lm_buf_reset(b);
+    int rc = lm_buf_append(b, post ? "POST " : "GET ", post ? 5 : 4);
+    if (plen == 0 || path[0] == '?')
+        rc = rc ? rc : lm_buf_append(b, "/", 1); /* "http://h:1?q" asks for "/?q" */
+    rc = rc ? rc : lm_buf_append(b, path, plen);
+    rc = rc ? rc : lm_buf_append(b, " HTTP/1.1\r\n", 11);
+    for (size_t i = 0; i < LM_UPSTREAM_MAX_HEADERS && o->headers[i]; i++)
+        if (strncasecmp(o->headers[i], "host:", 5) == 0)
+            host = true;
+    if (!host) {
+        rc = rc ? rc : lm_buf_append(b, "Host: ", 6);
+        rc = rc ? rc : lm_buf_append(b, r->o->key, r->o->keylen);
+        rc = rc ? rc : lm_buf_append(b, "\r\n", 2);
+    }
+    if (post) {
+        char num[24];
+        size_t k = sizeof(num);
+        size_t v = o->body_len;
+        do {
+            num[--k] = (char)('0' + v % 10);
+            v /= 10;
+        } while (v);
+        rc = rc ? rc : lm_buf_append(b, "Content-Length: ", 16);
+        rc = rc ? rc : lm_buf_append(b, num + k, sizeof(num) - k);
+        rc = rc ? rc : lm_buf_append(b, "\r\n", 2);
+    }
+    for (size_t i = 0; i < LM_UPSTREAM_MAX_HEADERS && o->headers[i]; i++) {
+        rc = rc ? rc : lm_buf_append(b, o->headers[i], strlen(o->headers[i]));
+        rc = rc ? rc : lm_buf_append(b, "\r\n", 2);
+    }
+    rc = rc ? rc : lm_buf_append(b, "Connection: keep-alive\r\n\r\n", 26);
+    if (post && o->body_len)
+        rc = rc ? rc : lm_buf_append(b, o->body, o->body_len);
+    return rc ? -EINVAL : 0;
+}
+
+static void
+timer_arm(struct event *ev, unsigned ms)
+{
+    if (!ms)
+        return;
+    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+    evtimer_add(ev, &tv);
+}
+
+int
+lm_upplain_start(struct lm_upplain *p, const struct lm_upstream_opts *o,
+                 const struct lm_upstream_cbs *cbs, void *arg, struct lm_upstream_req **out)
+{
+    /* The URL was checked: "http://" and no controls or spaces. */
+    const char *auth = o->url + 7;
+    size_t alen = strcspn(auth, "/?#");
+    const char *path = auth + alen;
+    size_t plen = strcspn(path, "#");
+    struct origin *org = NULL;
+    int orc = origin_get(p, auth, alen, &org);
+    if (orc == -EAGAIN)
+        return -EAGAIN;
+    struct preq *r;
+    int rc = req_get(p, &r);
+    if (rc)
+        return rc;
+    r->state = P_RUNNING;
+    r->c = NULL;
+    r->o = org;
+    if (org)
+        org->refs++;
+    r->cancelled = r->paused = r->retried = r->got_bytes = false;
+    r->interim = r->complete = r->deferred = r->pub.head_done = false;
+    r->hstate = H_NONE;
+    r->err = 0;
+    r->errmsg = NULL;
+    r->received = r->head_bytes = r->sent = 0;
+    r->max = o->max_response_bytes;
+    r->first_byte_ms = o->first_byte_timeout_ms;
+    r->total_ms = o->total_timeout_ms;
+    r->connect_ms = o->connect_timeout_ms ? o->connect_timeout_ms : LM_UP_CONNECT_MS_DEFAULT;
+    r->cbs = *cbs;
+    r->arg = arg;
+    r->msg[0] = '\0';
+    r->held_off = 0;
+    lm_buf_reset(&r->held);
+    lm_buf_reset(&r->pub.resphead);
+    http_parser_init(&r->parser, HTTP_RESPONSE);
+    r->parser.data = r;
+    link_add_tail(&p->live, &r->live);
+    r->counted = true;
+    p->active++;
+    *out = &r->pub;
+    if (orc) {
+        snprintf(r->msg, sizeof(r->msg), "bad port in URL");
+        defer_error(r, -EIO, r->msg);
+        return 0;
+    }
+    rc = org ? format(r, o, path, plen) : -EINVAL;
+    if (rc) {
+        /* Only the Host header can be too long here: check_opts bounds
+         * the rest. Not a caller's mistake worth -EINVAL from start. */
+        defer_error(r, -EIO, "cannot format the request");
+        return 0;
+    }
+    timer_arm(r->t_first, r->first_byte_ms);
+    timer_arm(r->t_total, r->total_ms);
+    if (link_linked(&org->idle)) {
+        struct conn *c = LINK_ENTRY(org->idle.next, struct conn, idle);
+        link_del(&c->idle);
+        org->nidle--;
+        p->nidle--;
+        c->r = r;
+        r->c = c;
+        send_more(r, true);
+    } else {
+        conn_open(r);
+    }
+    return 0;
+}
+
+/* --- the rest of the internal API ----------------------------------------------------- */
+
+static void
+sweep_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct lm_upplain *p = arg;
+    uint64_t now = lm_now_ms();
+    struct link *l = p->origins.next;
+    while (l != &p->origins) {
+        struct origin *o = LINK_ENTRY(l, struct origin, all);
+        l = l->next; /* o may go with its last connection */
+        while (link_linked(&o->idle)) {
+            struct conn *c = LINK_ENTRY(o->idle.prev, struct conn, idle);
+            if (now - c->idle_since_ms < IDLE_TIMEOUT_MS)
+                break;
+            conn_close(c);
+        }
+    }
+    if (p->nidle)
+        sweep_arm(p);
+}
+
+int
+lm_upplain_new(struct lm_upplain **out, struct lm_upstream *up)
+{
+    struct lm_upplain *p = lm_xcalloc(1, sizeof(*p));
+    p->up = up;
+    p->base = up->base;
+    link_init(&p->origins);
+    link_init(&p->live);
+    p->sweep = evtimer_new(p->base, sweep_cb, p);
+    if (!p->sweep) {
+        free(p);
+        return -ENOMEM;
+    }
+    *out = p;
+    return 0;
+}
+
+static struct preq *
+preq_of(struct lm_upstream_req *pub)
+{
+    return (struct preq *)(void *)pub;
+}
+
+static bool
+req_live(const struct preq *r)
+{
+    return !r->cancelled && r->state == P_RUNNING;
+}
+
+void
+lm_upplain_cancel(struct lm_upstream_req *pub)
+{
+    struct preq *r = preq_of(pub);
+    if (!req_live(r))
+        return;
+    struct lm_upplain *p = r->p;
+    r->cancelled = true;
+    if (r->counted) {
+        r->counted = false;
+        p->active--;
+    }
+    if (p->cur == r) {
+        /* The parser is running for r: it stops at the next callback and
+         * parse() closes the connection. */
+        evtimer_del(r->t_first);
+        evtimer_del(r->t_total);
+        evtimer_del(r->defer);
+        return;
+    }
+    drop(r);
+}
+
+void
+lm_upplain_cancel_all(struct lm_upplain *p)
+{
+    struct link *l = p->live.next;
+    while (l != &p->live) {
+        struct link *next = l->next;
+        lm_upplain_cancel(&LINK_ENTRY(l, struct preq, live)->pub);
+        l = next;
+    }
+}
+
+void
+lm_upplain_destroy(struct lm_upplain *p)
+{
+    if (!p)
+        return;
+    while (link_linked(&p->live))
+        drop(LINK_ENTRY(p->live.next, struct preq, live));
+    while (link_linked(&p->origins)) {
+        struct origin *o = LINK_ENTRY(p->origins.next, struct origin, all);
+        while (link_linked(&o->idle))
+            conn_close(LINK_ENTRY(o->idle.next, struct conn, idle));
+        link_del(&o->all);
+        free(o);
+    }
+    while (p->free_reqs) {
+        struct preq *r = p->free_reqs;
+        p->free_reqs = r->next_free;
+        req_destroy(r);
+    }
+    while (p->free_conns) {
+        struct conn *c = p->free_conns;
+        p->free_conns = c->next_free;
+        event_free(c->ev);
+        free(c);
+    }
+    event_free(p->sweep);
+    free(p);
+}
+
+void
+lm_upplain_pause(struct lm_upstream_req *pub)
+{
+    struct preq *r = preq_of(pub);
+    if (!req_live(r))
+        return;
+    r->paused = true;
+    if (r->deferred && !r->err) {
+        evtimer_del(r->defer);
+        r->deferred = false;
+    }
+    if (r->c && !r->c->connecting)
+        watch_for(r);
+}
+
+void
+lm_upplain_resume(struct lm_upstream_req *pub)
+{
+    struct preq *r = preq_of(pub);
+    if (!req_live(r) || !r->paused)
+        return;
+    r->paused = false;
+    if (!r->deferred) {
+        static const struct timeval zero = {0, 0};
+        r->deferred = true;
+        evtimer_add(r->defer, &zero);
+    }
+}
+
+unsigned
+lm_upplain_active(const struct lm_upplain *p)
+{
+    return p ? p->active : 0;
+}
