@@ -587,6 +587,13 @@ flush(struct lm_http_conn *c)
     }
     if (evbuffer_get_length(c->out) > 0) {
         if (!c->want_write) {
+            /* libevent does not register an event that is pending
+             * activation, so a scheduled flush would leave the socket
+             * unwatched: drop the activation first. */
+            if (c->flush_scheduled) {
+                event_del(c->wev);
+                c->flush_scheduled = false;
+            }
             event_add(c->wev, NULL);
             c->want_write = true;
             c->t_write = lm_now_ms();
