@@ -107,7 +107,7 @@ deps:
 
 check: deps
 	$(Q)$(MAKE) --no-print-directory all $(UNIT_BINS) $(FUZZ_REPLAY)
-	$(Q)scripts/check.sh "$(BUILD)"
+	$(Q)SAN=$(SAN) scripts/check.sh "$(BUILD)"
 
 unit: $(UNIT_BINS)
 	$(Q)for t in $(UNIT_BINS); do $$t || exit 1; done

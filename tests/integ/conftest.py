@@ -15,6 +15,9 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD = os.path.join(ROOT, os.environ.get("LABMAN_BUILD", "build"))
+# ASan keeps freed memory in quarantine, so a sanitized build's RSS follows
+# every byte that passed through it: memory bounds are scaled for it.
+SANITIZED = os.environ.get("SAN") == "1"
 
 
 def binpath(name):

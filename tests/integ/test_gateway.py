@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import Proc, binpath, free_port, http, wait_port
+from conftest import SANITIZED, Proc, binpath, free_port, http, wait_port
 
 MODEL = "llama3.2:1b"
 OTHER = "qwen2.5:0.5b"
@@ -359,7 +359,8 @@ def test_slow_client_bounded_memory(procs, tmp_path):
     s = open_stream(n.gw, chat(stream=True))
     time.sleep(1.5)  # read nothing while the runtime could send megabytes
     grown = rss_kib(n.p.p.pid) - before
-    assert grown < 4096, f"labmand grew by {grown} KiB for one stalled stream"
+    limit = 4096 * (8 if SANITIZED else 1)
+    assert grown < limit, f"labmand grew by {grown} KiB for one stalled stream"
     total, tail = 0, b""
     s.settimeout(10)
     while True:
