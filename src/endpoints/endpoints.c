@@ -1170,22 +1170,6 @@ lm_endpoints_models_json(const struct lm_endpoints *r)
     return json_pack("{s:o}", "models", arr);
 }
 
-/* A label value in the exposition format: \ " and newline escaped. */
-static void
-label(struct lm_buf *out, const char *s)
-{
-    for (; *s; s++) {
-        if (*s == '\\')
-            lm_buf_puts(out, "\\\\");
-        else if (*s == '"')
-            lm_buf_puts(out, "\\\"");
-        else if (*s == '\n')
-            lm_buf_puts(out, "\\n");
-        else
-            lm_buf_append(out, s, 1);
-    }
-}
-
 static void
 family(struct lm_buf *out, const char *name, const char *type, const char *help)
 {
@@ -1197,7 +1181,7 @@ sample(struct lm_buf *out, const char *name, const struct lm_endpoint *e, const 
        unsigned long long v)
 {
     lm_buf_printf(out, "%s{endpoint=\"", name);
-    label(out, e->name);
+    lm_buf_prom_label(out, e->name);
     lm_buf_printf(out, "\"%s} %llu\n", extra ? extra : "", v);
 }
 
@@ -1209,7 +1193,7 @@ lm_endpoints_metrics(const struct lm_endpoints *r, struct lm_buf *out)
                "Whether the endpoint answered its last health check.");
         for (size_t i = 0; i < r->n_list; i++) {
             lm_buf_printf(out, "labman_endpoint_up{endpoint=\"");
-            label(out, r->list[i]->name);
+            lm_buf_prom_label(out, r->list[i]->name);
             lm_buf_printf(out, "\",kind=\"%s\"} %d\n", lm_config_kind_name(r->list[i]->kind),
                           r->list[i]->healthy);
         }

@@ -246,22 +246,6 @@ gw_metrics_upstream_error(struct gw_metrics *m, const char *endpoint, enum gw_fa
     }
 }
 
-/* A label value in Prometheus' escaping: backslash, quote, newline. */
-static void
-label(struct lm_buf *out, const char *s)
-{
-    for (; *s; s++) {
-        if (*s == '\\')
-            lm_buf_puts(out, "\\\\");
-        else if (*s == '"')
-            lm_buf_puts(out, "\\\"");
-        else if (*s == '\n')
-            lm_buf_puts(out, "\\n");
-        else
-            lm_buf_append(out, s, 1);
-    }
-}
-
 static void
 write_hist(struct lm_buf *out, const char *name, const struct hist *hs, const uint64_t *bounds,
            size_t n)
@@ -296,9 +280,9 @@ gw_metrics_write(const struct gw_metrics *m, unsigned in_flight, struct lm_buf *
         if (!s->model)
             continue;
         lm_buf_printf(out, "labman_requests_total{route=\"%s\",model=\"", route_names[s->route]);
-        label(out, s->model);
+        lm_buf_prom_label(out, s->model);
         lm_buf_puts(out, "\",endpoint=\"");
-        label(out, s->endpoint);
+        lm_buf_prom_label(out, s->endpoint);
         lm_buf_printf(out, "\",status=\"%d\"} %" PRIu64 "\n", s->status, s->n);
     }
 
@@ -320,10 +304,10 @@ gw_metrics_write(const struct gw_metrics *m, unsigned in_flight, struct lm_buf *
         if (!s->model)
             continue;
         lm_buf_puts(out, "labman_tokens_total{direction=\"in\",model=\"");
-        label(out, s->model);
+        lm_buf_prom_label(out, s->model);
         lm_buf_printf(out, "\"} %" PRIu64 "\n", s->in);
         lm_buf_puts(out, "labman_tokens_total{direction=\"out\",model=\"");
-        label(out, s->model);
+        lm_buf_prom_label(out, s->model);
         lm_buf_printf(out, "\"} %" PRIu64 "\n", s->out);
     }
 
@@ -341,7 +325,7 @@ gw_metrics_write(const struct gw_metrics *m, unsigned in_flight, struct lm_buf *
         if (!s->endpoint)
             continue;
         lm_buf_puts(out, "labman_upstream_errors_total{endpoint=\"");
-        label(out, s->endpoint);
+        lm_buf_prom_label(out, s->endpoint);
         lm_buf_printf(out, "\",reason=\"%s\"} %" PRIu64 "\n", fail_names[s->reason], s->n);
     }
 }

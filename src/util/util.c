@@ -163,6 +163,21 @@ lm_buf_printf(struct lm_buf *b, const char *fmt, ...)
 }
 
 void
+lm_buf_prom_label(struct lm_buf *b, const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '\\')
+            lm_buf_puts(b, "\\\\");
+        else if (*s == '"')
+            lm_buf_puts(b, "\\\"");
+        else if (*s == '\n')
+            lm_buf_puts(b, "\\n");
+        else
+            lm_buf_append(b, s, 1);
+    }
+}
+
+void
 lm_diags_add(struct lm_diags *d, int line, int col, const char *fmt, ...)
 {
     if (d->n == d->cap) {

@@ -38,6 +38,9 @@ int lm_buf_append(struct lm_buf *b, const void *p, size_t n);
 int lm_buf_puts(struct lm_buf *b, const char *s);
 int lm_buf_printf(struct lm_buf *b, const char *fmt, ...) LM_PRINTF(2, 3);
 int lm_buf_vprintf(struct lm_buf *b, const char *fmt, va_list ap);
+/* Appends s as a Prometheus label value: backslash, quote and newline
+ * escaped, so a name from a config or a runtime cannot break /metrics. */
+void lm_buf_prom_label(struct lm_buf *b, const char *s);
 
 /* Diagnostics: problems found in an input, each with a position, so that a
  * config with several mistakes reports all of them at once. */

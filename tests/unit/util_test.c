@@ -30,6 +30,17 @@ test_buf_limit(void **state)
 }
 
 static void
+test_prom_label(void **state)
+{
+    (void)state;
+    struct lm_buf b;
+    lm_buf_init(&b, 0);
+    lm_buf_prom_label(&b, "a\"b\\c\nd");
+    assert_string_equal(b.data, "a\\\"b\\\\c\\nd");
+    lm_buf_release(&b);
+}
+
+static void
 test_diags_sorted_and_printed(void **state)
 {
     (void)state;
@@ -115,6 +126,7 @@ main(void)
         cmocka_unit_test(test_buf_limit),      cmocka_unit_test(test_diags_sorted_and_printed),
         cmocka_unit_test(test_hex),            cmocka_unit_test(test_hostport),
         cmocka_unit_test(test_escape),         cmocka_unit_test(test_edit_distance),
+        cmocka_unit_test(test_prom_label),
     };
     return cmocka_run_group_tests_name("util", tests, NULL, NULL);
 }
