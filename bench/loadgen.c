@@ -20,7 +20,8 @@
  *       SETTLE s on, for SECONDS s; per run: run=i events= events_per_s=
  *       max_gap_ms= worst_delay_ms= ttft_n= ttft_p50_us= ttft_p99_us= cpu_pct=
  *       errors= — worst_delay is the longest gap between two events of a stream
- *       minus the expected 1000/TPS ms.
+ *       minus the expected 1000/TPS ms. --ttft-out FILE appends every TTFT
+ *       sample (µs, one a line), so that runs can be pooled.
  *
  * Any error (connect, non-200, malformed answer) is counted in errors=. */
 #define _GNU_SOURCE
@@ -533,6 +534,7 @@ struct sse_stats {
 };
 
 static int sse_max_tokens;
+static const char *samples_path; /* --ttft-out: every TTFT sample, appended */
 
 static int
 sconn_send(struct sconn *c, int max_tokens, uint64_t t)
@@ -803,6 +805,16 @@ mode_sse(int streams, double settle, double seconds, int tps, int runs)
                 perror("loadgen: connect");
                 return 1;
             }
+        if (samples_path) {
+            FILE *f = fopen(samples_path, "a");
+            if (!f) {
+                perror(samples_path);
+                return 1;
+            }
+            for (size_t i = 0; i < st.nttft; i++)
+                fprintf(f, "%llu\n", (unsigned long long)st.ttft[i]);
+            fclose(f);
+        }
         qsort(st.ttft, st.nttft, sizeof(*st.ttft), cmp_u64);
         double win = seconds;
         double gap_ms = (double)st.max_gap / 1000.0;
@@ -869,6 +881,8 @@ main(int argc, char **argv)
             settle = atof(v);
         else if (!strcmp(o, "--seconds"))
             seconds = atof(v);
+        else if (!strcmp(o, "--ttft-out"))
+            samples_path = v;
         else if (!strcmp(o, "--model"))
             model = v;
         else

@@ -1,5 +1,5 @@
 /* upstream, the curl path: libcurl's multi interface on the libevent loop,
- * for https:// URLs and host names (plain.c takes http:// to numeric hosts).
+ * for https:// URLs (plain.c takes http://).
  *
  * One CURLM per struct lm_upcurl, made on the first request it gets. curl
  * tells us which sockets to watch (sock_cb) and when to wake it (timer_cb);

@@ -1,6 +1,6 @@
-/* upstream, the plain path: our own HTTP/1.1 client for http:// URLs with a
- * numeric host, on non-blocking sockets watched by the libevent loop, with
- * responses parsed by libhttp-parser. Host names and https:// go to curl.c.
+/* upstream, the plain path: our own HTTP/1.1 client for http:// URLs, on
+ * non-blocking sockets watched by the libevent loop, with responses parsed by
+ * libhttp-parser. https:// goes to curl.c.
  *
  * Cost per request in steady state: one send() of a head and body formatted
  * into the request's own buffer, one recv() into a buffer shared by every
@@ -15,6 +15,13 @@
  * sent on a reused connection that ends (EOF, reset, failed send) before a
  * single byte of response is sent once more on a fresh connection: the
  * runtime closed an idle connection just as we picked it.
+ *
+ * Host names are resolved with libevent's evdns (/etc/hosts, then the
+ * resolv.conf servers) without blocking the loop, only when a connection is
+ * to be opened and the origin's addresses are older than DNS_TTL_MS; a
+ * request waits on its origin meanwhile. Each address is tried in turn until
+ * one accepts ("localhost" may name ::1 first where a runtime listens on
+ * 127.0.0.1 only). The connect timeout covers resolving.
  *
  * Re-entrancy: callbacks run only from our event callbacks, never from
  * inside start or cancel; errors found in start arrive through a zero
@@ -42,7 +49,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <event2/dns.h>
 #include <event2/event.h>
+#include <event2/util.h>
 #include <http_parser.h>
 
 #include "log/log.h"
@@ -55,17 +64,28 @@
 #define SWEEP_MS 5000
 #define ORIGINS_KEEP 64 /* origins without connections kept for later */
 #define FREE_CONNS_MAX 64
-#define AUTHORITY_MAX 64 /* "[v6]:port" (47) with room to spare; longer goes to curl */
+#define AUTHORITY_MAX 300 /* host:port; longer goes to curl */
+#define ADDRS_MAX 4        /* addresses of a host name tried in turn */
+#define DNS_TTL_MS 60000
 
 struct origin {
+    struct lm_upplain *p;
     struct link all;  /* p->origins, most recently used first */
     struct link idle; /* idle connections, newest first */
     unsigned nidle;
     unsigned refs; /* connections and requests using it */
-    struct sockaddr_storage sa;
-    socklen_t salen;
+    bool named;    /* a host name, resolved by evdns */
+    bool dns_busy; /* a resolution is under way */
+    uint16_t port;
+    unsigned naddrs;
+    uint64_t resolved_ms;
+    struct evdns_getaddrinfo_request *resolving;
+    struct link waiters; /* requests waiting for the resolution */
+    struct sockaddr_storage addrs[ADDRS_MAX];
+    socklen_t alens[ADDRS_MAX];
     size_t keylen;
     char key[AUTHORITY_MAX + 1]; /* host:port as in the URL; the Host header */
+    char host[AUTHORITY_MAX + 1];
 };
 
 struct preq;
@@ -106,6 +126,7 @@ struct preq {
     bool interim;   /* parsing a 1xx response */
     bool complete;  /* the final response ended */
     bool deferred;  /* r->defer is armed */
+    unsigned addr_i; /* the origin's address being tried */
     enum hstate hstate;
     int err; /* a verdict reached inside a parser callback, or deferred */
     const char *errmsg;
@@ -120,6 +141,7 @@ struct preq {
     size_t held_off;
     struct event *t_connect, *t_first, *t_total, *defer;
     struct link live; /* p->live */
+    struct link wait; /* o->waiters */
     struct preq *next_free;
     char msg[160];
 };
@@ -133,6 +155,7 @@ struct lm_upplain {
     unsigned active;
     unsigned nidle;
     struct event *sweep;
+    struct evdns_base *dns; /* made for the first host name */
     struct preq *cur; /* the request the parser is running for */
     struct preq *free_reqs;
     unsigned nfree_reqs;
@@ -142,7 +165,6 @@ struct lm_upplain {
 };
 
 static void conn_cb(evutil_socket_t fd, short what, void *arg);
-static void send_some(struct preq *r);
 static void conn_open(struct preq *r);
 
 /* --- requests ending ---------------------------------------------------------------- */
@@ -280,6 +302,8 @@ detach(struct preq *r, bool keep)
     r->deferred = false;
     if (link_linked(&r->live))
         link_del(&r->live);
+    if (link_linked(&r->wait))
+        link_del(&r->wait);
     if (r->counted) {
         r->counted = false;
         p->active--;
@@ -578,6 +602,7 @@ broken(struct preq *r, int err, const char *msg, bool in_start)
         r->retried = true;
         conn_close(r->c);
         r->c = NULL;
+        r->addr_i = 0;
         r->sent = 0;
         r->hstate = H_NONE;
         r->head_bytes = 0;
@@ -656,7 +681,14 @@ connected(struct preq *r)
     if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) != 0)
         soerr = errno;
     if (soerr) {
-        snprintf(r->msg, sizeof(r->msg), "cannot connect to %s: %s", r->o->key,
+        if (r->addr_i + 1 < r->o->naddrs) {
+            conn_close(c);
+            r->c = NULL;
+            r->addr_i++;
+            conn_open(r);
+            return;
+        }
+        snprintf(r->msg, sizeof(r->msg), "cannot connect to %.64s: %s", r->o->key,
                  strerror(soerr));
         finish(r, -ECONNREFUSED, r->msg);
         return;
@@ -705,13 +737,32 @@ out:
     lm_upstream_leave_(up);
 }
 
+static void resolve(struct preq *r);
+
+static void
+connect_timer_arm(struct preq *r)
+{
+    if (evtimer_pending(r->t_connect, NULL))
+        return;
+    unsigned ms = r->connect_ms;
+    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+    evtimer_add(r->t_connect, &tv);
+}
+
 /* A fresh connection for r; errors arrive through finish or defer. */
 static void
 conn_open(struct preq *r)
 {
     struct lm_upplain *p = r->p;
     struct origin *o = r->o;
-    int fd = socket(o->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (o->named && (o->naddrs == 0 || lm_now_ms() - o->resolved_ms >= DNS_TTL_MS)) {
+        resolve(r);
+        return;
+    }
+    if (r->addr_i >= o->naddrs)
+        r->addr_i = 0;
+    const struct sockaddr_storage *sa = &o->addrs[r->addr_i];
+    int fd = socket(sa->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         snprintf(r->msg, sizeof(r->msg), "socket: %s", strerror(errno));
         defer_error(r, -EIO, r->msg);
@@ -742,20 +793,115 @@ conn_open(struct preq *r)
     link_init(&c->idle);
     o->refs++;
     r->c = c;
-    if (connect(fd, (struct sockaddr *)&o->sa, o->salen) == 0) {
+    if (connect(fd, (const struct sockaddr *)sa, o->alens[r->addr_i]) == 0) {
         c->connecting = false;
+        evtimer_del(r->t_connect);
         send_more(r, true);
         return;
     }
     if (errno != EINPROGRESS) {
-        snprintf(r->msg, sizeof(r->msg), "cannot connect to %s: %s", o->key, strerror(errno));
+        int e = errno;
+        if (r->addr_i + 1 < o->naddrs) {
+            conn_close(c);
+            r->c = NULL;
+            r->addr_i++;
+            conn_open(r);
+            return;
+        }
+        snprintf(r->msg, sizeof(r->msg), "cannot connect to %.64s: %s", o->key, strerror(e));
         defer_error(r, -ECONNREFUSED, r->msg);
         return;
     }
-    unsigned ms = r->connect_ms;
-    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
-    evtimer_add(r->t_connect, &tv);
+    connect_timer_arm(r);
     conn_watch(c, EV_WRITE);
+}
+
+/* --- host names ------------------------------------------------------------------------- */
+
+static void
+dns_cb(int result, struct evutil_addrinfo *res, void *arg)
+{
+    struct origin *o = arg;
+    if (result == EVUTIL_EAI_CANCEL) {
+        /* From lm_upplain_destroy, which frees o itself. */
+        if (res)
+            evutil_freeaddrinfo(res);
+        return;
+    }
+    struct lm_upplain *p = o->p;
+    o->dns_busy = false;
+    o->resolving = NULL;
+    o->naddrs = 0;
+    for (struct evutil_addrinfo *ai = res; ai && o->naddrs < ADDRS_MAX; ai = ai->ai_next) {
+        struct sockaddr_storage *ss = &o->addrs[o->naddrs];
+        if (ai->ai_family == AF_INET && ai->ai_addrlen == sizeof(struct sockaddr_in)) {
+            memcpy(ss, ai->ai_addr, ai->ai_addrlen);
+            ((struct sockaddr_in *)ss)->sin_port = htons(o->port);
+        } else if (ai->ai_family == AF_INET6 && ai->ai_addrlen == sizeof(struct sockaddr_in6)) {
+            memcpy(ss, ai->ai_addr, ai->ai_addrlen);
+            ((struct sockaddr_in6 *)ss)->sin6_port = htons(o->port);
+        } else {
+            continue;
+        }
+        o->alens[o->naddrs++] = (socklen_t)ai->ai_addrlen;
+    }
+    if (res)
+        evutil_freeaddrinfo(res);
+    if (o->naddrs)
+        o->resolved_ms = lm_now_ms();
+    else
+        log_debug("cannot resolve %s: %s", o->host, evutil_gai_strerror(result));
+    while (link_linked(&o->waiters)) {
+        struct preq *r = LINK_ENTRY(o->waiters.next, struct preq, wait);
+        link_del(&r->wait);
+        r->addr_i = 0;
+        if (o->naddrs)
+            conn_open(r);
+        else
+            defer_error(r, -ECONNREFUSED, "cannot resolve the host name");
+    }
+    o->refs--; /* the resolution's */
+    origin_release(p, o);
+}
+
+/* r waits for its origin's addresses; one resolution serves every waiter.
+ * The answer may come at once (/etc/hosts), inside this call. */
+static void
+resolve(struct preq *r)
+{
+    struct lm_upplain *p = r->p;
+    struct origin *o = r->o;
+    connect_timer_arm(r);
+    link_add_tail(&o->waiters, &r->wait);
+    if (o->dns_busy)
+        return;
+    if (!p->dns) {
+        p->dns = evdns_base_new(p->base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
+                                             EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+        if (!p->dns) {
+            link_del(&r->wait);
+            defer_error(r, -EIO, "cannot start the resolver");
+            return;
+        }
+    }
+    struct evutil_addrinfo hints;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_protocol = IPPROTO_TCP;
+    o->dns_busy = true;
+    o->refs++;
+    struct evdns_getaddrinfo_request *q = evdns_getaddrinfo(p->dns, o->host, NULL, &hints,
+                                                            dns_cb, o);
+    if (o->dns_busy) {
+        if (q) {
+            o->resolving = q;
+        } else {
+            /* Neither answered nor under way. */
+            o->naddrs = 0;
+            dns_cb(EVUTIL_EAI_FAIL, NULL, o);
+        }
+    }
 }
 
 /* --- timers ----------------------------------------------------------------------------- */
@@ -775,7 +921,7 @@ t_connect_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct preq *r = arg;
-    if (r->state != P_RUNNING || !r->c || !r->c->connecting)
+    if (r->state != P_RUNNING || !(link_linked(&r->wait) || (r->c && r->c->connecting)))
         return;
     snprintf(r->msg, sizeof(r->msg), "no connection within %u ms", r->connect_ms);
     timer_end(r, -ETIMEDOUT, r->msg);
@@ -861,6 +1007,7 @@ req_get(struct lm_upplain *p, struct preq **out)
     lm_buf_init(&r->held, RECV_BUF);
     lm_buf_init(&r->pub.resphead, LM_UP_HEAD_CAP);
     link_init(&r->live);
+    link_init(&r->wait);
     r->t_connect = evtimer_new(p->base, t_connect_cb, r);
     r->t_first = evtimer_new(p->base, t_first_cb, r);
     r->t_total = evtimer_new(p->base, t_total_cb, r);
@@ -884,8 +1031,24 @@ req_get(struct lm_upplain *p, struct preq **out)
     return 0;
 }
 
-/* The origin of "host:port" (a numeric host), made on first use. -EAGAIN
- * for a host name, -EINVAL for a port out of range. */
+/* A DNS name as runtimes are named: letters, digits, '-', '.', '_'. Anything
+ * else (IDN, zone ids, oddities) is left to curl. */
+static bool
+plain_name(const char *h, size_t n)
+{
+    if (n == 0 || n > 253)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)h[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '.' || c == '_'))
+            return false;
+    }
+    return true;
+}
+
+/* The origin of "host:port", made on first use. -EAGAIN for what curl
+ * should take (userinfo, odd hosts), -EINVAL for a port out of range. */
 static int
 origin_get(struct lm_upplain *p, const char *auth, size_t alen, struct origin **out)
 {
@@ -901,7 +1064,7 @@ origin_get(struct lm_upplain *p, const char *auth, size_t alen, struct origin **
         }
     }
     if (alen == 0 || alen > AUTHORITY_MAX || memchr(auth, '@', alen))
-        return -EAGAIN; /* userinfo and oddities: curl's */
+        return -EAGAIN;
     char host[AUTHORITY_MAX + 1];
     const char *port = NULL;
     size_t hlen;
@@ -937,7 +1100,8 @@ origin_get(struct lm_upplain *p, const char *auth, size_t alen, struct origin **
     }
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof(ss));
-    socklen_t sl;
+    socklen_t sl = 0;
+    bool named = false;
     struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
     struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
     if (inet_pton(AF_INET, host, &sin->sin_addr) == 1) {
@@ -948,13 +1112,23 @@ origin_get(struct lm_upplain *p, const char *auth, size_t alen, struct origin **
         sin6->sin6_family = AF_INET6;
         sin6->sin6_port = htons((uint16_t)pn);
         sl = sizeof(*sin6);
+    } else if (auth[0] != '[' && plain_name(host, hlen)) {
+        named = true;
     } else {
-        return -EAGAIN; /* a host name: curl resolves without blocking */
+        return -EAGAIN;
     }
     struct origin *o = lm_xcalloc(1, sizeof(*o));
+    o->p = p;
     link_init(&o->idle);
-    o->sa = ss;
-    o->salen = sl;
+    link_init(&o->waiters);
+    o->named = named;
+    o->port = (uint16_t)pn;
+    if (!named) {
+        o->addrs[0] = ss;
+        o->alens[0] = sl;
+        o->naddrs = 1;
+    }
+    memcpy(o->host, host, hlen + 1);
     o->keylen = alen;
     memcpy(o->key, auth, alen);
     link_add_head(&p->origins, &o->all);
@@ -1041,6 +1215,7 @@ lm_upplain_start(struct lm_upplain *p, const struct lm_upstream_opts *o,
     r->cancelled = r->paused = r->retried = r->got_bytes = false;
     r->interim = r->complete = r->deferred = r->pub.head_done = false;
     r->hstate = H_NONE;
+    r->addr_i = 0;
     r->err = 0;
     r->errmsg = NULL;
     r->received = r->head_bytes = r->sent = 0;
@@ -1184,6 +1359,8 @@ lm_upplain_destroy(struct lm_upplain *p)
         drop(LINK_ENTRY(p->live.next, struct preq, live));
     while (link_linked(&p->origins)) {
         struct origin *o = LINK_ENTRY(p->origins.next, struct origin, all);
+        if (o->resolving)
+            evdns_getaddrinfo_cancel(o->resolving); /* dns_cb leaves o alone */
         while (link_linked(&o->idle))
             conn_close(LINK_ENTRY(o->idle.next, struct conn, idle));
         link_del(&o->all);
@@ -1200,6 +1377,8 @@ lm_upplain_destroy(struct lm_upplain *p)
         event_free(c->ev);
         free(c);
     }
+    if (p->dns)
+        evdns_base_free(p->dns, 0);
     event_free(p->sweep);
     free(p);
 }

@@ -1,12 +1,12 @@
 /* upstream: the API of upstream.h, dispatched to one of two paths.
  *
- * http:// URLs with a numeric host go to plain.c, our own HTTP/1.1 client on
- * non-blocking sockets with libhttp-parser: curl costs ~25-30 us of CPU per
- * small request here (URL re-parsing, its own printf, malloc, two poll()
- * liveness checks), more than the whole budget of a proxied request (SPEC
- * §9). https:// URLs and host names go to curl.c, libcurl's multi interface,
- * made on first use: TLS to a runtime is rare in a homelab, and a host name
- * needs a resolver that does not block the loop, which curl has.
+ * http:// URLs go to plain.c, our own HTTP/1.1 client on non-blocking
+ * sockets with libhttp-parser: curl costs ~25-30 us of CPU per small request
+ * here (URL re-parsing, its own printf, malloc, two poll() liveness checks),
+ * more than the whole budget of a proxied request (SPEC §9). https:// URLs,
+ * and the few http:// ones plain.c leaves (userinfo, hosts that are neither
+ * an address nor a plain DNS name), go to curl.c, libcurl's multi interface,
+ * made on first use: TLS to a runtime is rare in a homelab.
  *
  * Both paths share the validation of options, the response header store and
  * the deferred free: lm_upstream_free from inside a callback marks u and

@@ -1,7 +1,8 @@
-/* upstream: HTTP(S) requests to local runtimes with libcurl's multi
- * interface driven by the libevent loop. Owns: connection reuse, streaming
- * of response bytes as they arrive, pause/resume for backpressure, deadlines,
- * and aborting a request the moment its client no longer wants it. */
+/* upstream: HTTP(S) requests to local runtimes on the libevent loop (our own
+ * HTTP/1.1 client for http://, libcurl's multi interface for https://). Owns:
+ * connection reuse, streaming of response bytes as they arrive, pause/resume
+ * for backpressure, deadlines, and aborting a request the moment its client
+ * no longer wants it. */
 #ifndef LM_UPSTREAM_H
 #define LM_UPSTREAM_H
 

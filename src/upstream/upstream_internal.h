@@ -1,6 +1,6 @@
 /* upstream internals: what the API dispatch (upstream.c) shares with its two
- * paths, plain.c (our own HTTP/1.1 client for http:// to numeric hosts) and
- * curl.c (libcurl's multi interface, for https:// and host names). */
+ * paths, plain.c (our own HTTP/1.1 client for http://) and curl.c (libcurl's
+ * multi interface, for https://). */
 #ifndef LM_UPSTREAM_INTERNAL_H
 #define LM_UPSTREAM_INTERNAL_H
 
@@ -103,7 +103,8 @@ void lm_upcurl_cancel(struct lm_upstream_req *r);
 unsigned lm_upcurl_active(const struct lm_upcurl *c);
 
 /* plain.c. lm_upplain_start returns -EAGAIN for a URL it does not take
- * (a host name, userinfo): the caller then hands it to curl. */
+ * (userinfo, a host that is neither an address nor a plain DNS name): the
+ * caller then hands it to curl. */
 int lm_upplain_new(struct lm_upplain **out, struct lm_upstream *u);
 void lm_upplain_cancel_all(struct lm_upplain *p);
 void lm_upplain_destroy(struct lm_upplain *p);
