@@ -363,8 +363,8 @@ sample_value(const char *line, size_t n, const char *name, double *out)
         /* Skip the labels, minding quoted values. */
         bool q = false;
         for (p++; p < end; p++) {
-            if (q && *p == '\\')
-                p++;
+            if (q && *p == '\\' && p + 1 < end)
+                p++; /* not past end: a pointer two past it is undefined */
             else if (*p == '"')
                 q = !q;
             else if (!q && *p == '}')

@@ -136,13 +136,16 @@ struct usage {
     uint64_t prompt, completion;
 };
 
+/* A count is a JSON integer >= 0; anything else (1.5e3, -2, "12", digits
+ * past uint64) reads as 0, as it does where the answer is parsed with
+ * jansson, rather than as its leading digits. */
 static uint64_t
 read_uint(const char *s, size_t start, size_t end)
 {
     uint64_t v = 0;
-    for (size_t i = start; i < end && s[i] >= '0' && s[i] <= '9'; i++) {
-        if (v > (UINT64_MAX - 9) / 10)
-            return v;
+    for (size_t i = start; i < end; i++) {
+        if (s[i] < '0' || s[i] > '9' || v > (UINT64_MAX - 9) / 10)
+            return 0;
         v = v * 10 + (uint64_t)(s[i] - '0');
     }
     return v;

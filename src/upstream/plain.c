@@ -643,6 +643,28 @@ send_some(struct preq *r)
     send_more(r, false);
 }
 
+/* n bytes of response (at most RECV_BUF, one recv), or EOF when n is 0. */
+static void
+received(struct preq *r, const char *d, size_t n)
+{
+    if (n == 0 && !r->got_bytes) {
+        broken(r, -ECONNRESET, "connection closed before a response", false);
+        return;
+    }
+    r->got_bytes = true;
+    size_t used;
+    if (!parse(r, d, n, &used))
+        return;
+    if (used < n) {
+        /* Paused from a callback: keep the rest for resume. */
+        lm_buf_reset(&r->held);
+        r->held_off = 0;
+        lm_buf_append(&r->held, d + used, n - used);
+    }
+    if (r->c)
+        watch_for(r);
+}
+
 static void
 read_some(struct preq *r)
 {
@@ -655,21 +677,7 @@ read_some(struct preq *r)
                false);
         return;
     }
-    if (n == 0 && !r->got_bytes) {
-        broken(r, -ECONNRESET, "connection closed before a response", false);
-        return;
-    }
-    r->got_bytes = true;
-    size_t used;
-    if (!parse(r, p->rbuf, (size_t)n, &used))
-        return;
-    if (used < (size_t)n) {
-        /* Paused from a callback: keep the rest for resume. */
-        lm_buf_reset(&r->held);
-        r->held_off = 0;
-        lm_buf_append(&r->held, p->rbuf + used, (size_t)n - used);
-    }
-    watch_for(r);
+    received(r, p->rbuf, (size_t)n);
 }
 
 static void
@@ -967,7 +975,9 @@ defer_cb(evutil_socket_t fd, short what, void *arg)
         finish(r, r->err, r->errmsg);
         goto out;
     }
-    if (r->paused || !r->c)
+    /* No connection: waiting for one (nothing held, the parser fresh), or
+     * a fed request (lm_upplain_feed_), whose held bytes are parsed here. */
+    if (r->paused)
         goto out;
     if (HTTP_PARSER_ERRNO(&r->parser) == HPE_PAUSED)
         http_parser_pause(&r->parser, 0);
@@ -1190,23 +1200,12 @@ timer_arm(struct event *ev, unsigned ms)
     evtimer_add(ev, &tv);
 }
 
-int
-lm_upplain_start(struct lm_upplain *p, const struct lm_upstream_opts *o,
-                 const struct lm_upstream_cbs *cbs, void *arg, struct lm_upstream_req **out)
+/* A request from the free list made ready to run; not yet connected. */
+static void
+req_begin(struct preq *r, const struct lm_upstream_opts *o, const struct lm_upstream_cbs *cbs,
+          void *arg, struct origin *org)
 {
-    /* The URL was checked: "http://" and no controls or spaces. */
-    const char *auth = o->url + 7;
-    size_t alen = strcspn(auth, "/?#");
-    const char *path = auth + alen;
-    size_t plen = strcspn(path, "#");
-    struct origin *org = NULL;
-    int orc = origin_get(p, auth, alen, &org);
-    if (orc == -EAGAIN)
-        return -EAGAIN;
-    struct preq *r;
-    int rc = req_get(p, &r);
-    if (rc)
-        return rc;
+    struct lm_upplain *p = r->p;
     r->state = P_RUNNING;
     r->c = NULL;
     r->o = org;
@@ -1234,6 +1233,26 @@ lm_upplain_start(struct lm_upplain *p, const struct lm_upstream_opts *o,
     link_add_tail(&p->live, &r->live);
     r->counted = true;
     p->active++;
+}
+
+int
+lm_upplain_start(struct lm_upplain *p, const struct lm_upstream_opts *o,
+                 const struct lm_upstream_cbs *cbs, void *arg, struct lm_upstream_req **out)
+{
+    /* The URL was checked: "http://" and no controls or spaces. */
+    const char *auth = o->url + 7;
+    size_t alen = strcspn(auth, "/?#");
+    const char *path = auth + alen;
+    size_t plen = strcspn(path, "#");
+    struct origin *org = NULL;
+    int orc = origin_get(p, auth, alen, &org);
+    if (orc == -EAGAIN)
+        return -EAGAIN;
+    struct preq *r;
+    int rc = req_get(p, &r);
+    if (rc)
+        return rc;
+    req_begin(r, o, cbs, arg, org);
     *out = &r->pub;
     if (orc) {
         snprintf(r->msg, sizeof(r->msg), "bad port in URL");
@@ -1416,4 +1435,32 @@ unsigned
 lm_upplain_active(const struct lm_upplain *p)
 {
     return p ? p->active : 0;
+}
+
+/* --- without a socket (fuzzing) ----------------------------------------------------------- */
+
+int
+lm_upplain_start_fed_(struct lm_upplain *p, const struct lm_upstream_opts *o,
+                      const struct lm_upstream_cbs *cbs, void *arg, struct lm_upstream_req **out)
+{
+    struct preq *r;
+    int rc = req_get(p, &r);
+    if (rc)
+        return rc;
+    req_begin(r, o, cbs, arg, NULL);
+    r->sent = r->out.len; /* as if sent; nothing is */
+    *out = &r->pub;
+    return 0;
+}
+
+void
+lm_upplain_feed_(struct lm_upstream_req *pub, const char *d, size_t n)
+{
+    struct preq *r = preq_of(pub);
+    struct lm_upstream *up = r->p->up;
+    if (!req_live(r) || r->paused || r->deferred || r->held_off < r->held.len)
+        return; /* a socket is not read meanwhile */
+    lm_upstream_enter_(up);
+    received(r, d, n < RECV_BUF ? n : RECV_BUF);
+    lm_upstream_leave_(up);
 }

@@ -114,5 +114,16 @@ void lm_upplain_pause(struct lm_upstream_req *r);
 void lm_upplain_resume(struct lm_upstream_req *r);
 void lm_upplain_cancel(struct lm_upstream_req *r);
 unsigned lm_upplain_active(const struct lm_upplain *p);
+/* For fuzzing the plain path's response parsing without sockets: a request
+ * with no connection (nothing is sent; o->url is not read), whose response
+ * bytes come from lm_upplain_feed_ as if read from its socket, n at most one
+ * recv buffer (16 KiB; more is cut), n 0 for EOF. They run through the same
+ * parser, callbacks and caps; pause and resume work as on a socket (resume
+ * on the next turn of the loop), and a feed while paused is ignored, as a
+ * paused socket is not read. Callbacks are called from inside the feed. */
+int lm_upplain_start_fed_(struct lm_upplain *p, const struct lm_upstream_opts *o,
+                          const struct lm_upstream_cbs *cbs, void *arg,
+                          struct lm_upstream_req **out);
+void lm_upplain_feed_(struct lm_upstream_req *r, const char *d, size_t n);
 
 #endif
