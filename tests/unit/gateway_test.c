@@ -190,6 +190,12 @@ test_find_usage(void **state)
     assert_true(gw_find_usage(c, strlen(c), &in, &out));
     assert_int_equal(in, 1);
     assert_int_equal(out, 2);
+    /* Counts are plain integers; anything else is not a count (found by
+     * the fuzzer: "1.5e3" used to read as 1). */
+    const char *d = "{\"usage\":{\"prompt_tokens\":1.5e3,\"completion_tokens\":-2}}";
+    assert_true(gw_find_usage(d, strlen(d), &in, &out));
+    assert_int_equal(in, 0);
+    assert_int_equal(out, 0);
 }
 
 static void
