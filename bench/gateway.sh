@@ -248,7 +248,8 @@ if [ "$have_labmand" = 1 ]; then
 fi
 
 for t in "${targets[@]}"; do
-    out=$(loadgen rps 127.0.0.1 "${port[$t]}" --conns 64 --requests "$WARM_REQS" --warmup 0 --runs 1)
+    out=$(loadgen rps 127.0.0.1 "${port[$t]}" --conns 64 --requests "$WARM_REQS" --warmup 0 \
+        --runs 1)
     check_errors "$t" "$out"
     out=$(loadgen lat 127.0.0.1 "${port[$t]}" --requests 1000 --warmup 0 --runs 1)
     [ "${watch[$t]}" != 0 ] && rec "$t" rss_idle_kb "$(rss_kb "${watch[$t]}")"
@@ -304,7 +305,8 @@ if [ "${PROFILE:-0}" = 1 ] && command -v perf >/dev/null; then
             --runs 1 >/dev/null
         kill -INT "$ppid"
         wait "$ppid" || true
-        perf report -i "$W/perf.$t.data" --stdio --no-children -g none --sort dso,symbol 2>/dev/null |
+        perf report -i "$W/perf.$t.data" --stdio --no-children -g none --sort dso,symbol \
+            2>/dev/null |
             awk '/^ +[0-9.]+%/ {printf "%8s  %-22s %s\n", $1, $2, $4}' | head -n 25 \
             >"$W/perf.$t.txt" || true
         echo "gateway.sh: top symbols of $t (perf, self time), also in $W/perf.$t.txt:" >&2
@@ -505,7 +507,8 @@ json+=",\"streams\":$STREAMS,\"sse_tps\":$SSE_TPS,\"labmand_log_level\":\"$LABMA
 for t in direct nginx labmand labmand_warn; do
     json+=",\"$t\":{"
     first=1
-    for m in rps rps_ratio p50 p99 add_p50 add_p99 cpu_us cpu_ratio log_cost_us rss_idle_kb rss_peak_kb idle_bytes sse_cpu \
+    for m in rps rps_ratio p50 p99 add_p50 add_p99 cpu_us cpu_ratio log_cost_us rss_idle_kb \
+        rss_peak_kb idle_bytes sse_cpu \
         sse_delay sse_ttft_p99 sse_add_ttft_p99 sse_ttft_p99_pooled sse_add_ttft_pooled sse_eps \
         errors; do
         [ "$first" = 1 ] || json+=","

@@ -818,7 +818,8 @@ mode_sse(int streams, double settle, double seconds, int tps, int runs)
         qsort(st.ttft, st.nttft, sizeof(*st.ttft), cmp_u64);
         double win = seconds;
         double gap_ms = (double)st.max_gap / 1000.0;
-        double delay_ms = st.max_gap > expected_gap ? (double)(st.max_gap - expected_gap) / 1000.0 : 0;
+        double delay_ms =
+            st.max_gap > expected_gap ? (double)(st.max_gap - expected_gap) / 1000.0 : 0;
         printf("run=%d events=%llu events_per_s=%.0f max_gap_ms=%.1f worst_delay_ms=%.1f "
                "ttft_n=%zu ttft_p50_us=%llu ttft_p99_us=%llu completed=%llu errors=%llu",
                run, (unsigned long long)st.events, (double)st.events / win, gap_ms, delay_ms,
