@@ -3,12 +3,14 @@
  * on an endpoint (or wait in the queue) → attempt upstream (failover on the
  * next endpoint while nothing has reached the client) → relay (buffered, SSE
  * event by event, or straight through) → done (slot, auth, metrics, log).
- * Request objects and buffers are pooled, so a request allocates nothing
- * once the pool is warm, apart from jansson's parse of the body. */
+ * Request objects and buffers are pooled, and bodies are checked by a
+ * scan rather than parsed into a tree, so a request allocates nothing once
+ * the pool is warm. */
 #include "gateway/gateway.h"
 
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -133,6 +135,11 @@ struct lm_gateway {
     unsigned n_pool;
     uint64_t id_seed, id_ctr;
 
+    struct event log_flush; /* access-log lines held this turn: write them */
+    bool log_held;
+    char *hdr_node;        /* "X-Labman-Node: <name>\r\n" */
+    size_t hdr_node_len;
+
     struct lm_buf scratch; /* error bodies, rewritten request bodies */
     struct lm_buf out;     /* SSE events to write, per upstream read */
     char url[2048];
@@ -142,6 +149,15 @@ static void attempt(struct gw_req *q);
 static void req_done(struct gw_req *q);
 
 /* ---- request objects ---- */
+
+/* snprintf(dst, cap, "%s", s) without printf: on the request path. */
+static void
+scopy(char *dst, size_t cap, const char *s)
+{
+    size_t n = strnlen(s, cap - 1);
+    memcpy(dst, s, n);
+    dst[n] = '\0';
+}
 
 static uint64_t
 splitmix64(uint64_t x)
@@ -273,13 +289,57 @@ leave(struct gw_req *q)
 
 /* ---- answering ---- */
 
+/* A bounded line built by hand: the access log runs once per request, and
+ * printf's parsing and floating point were a good part of its cost. */
+struct line {
+    char *p, *end;
+};
+
+static void
+put(struct line *l, const char *s, size_t n)
+{
+    size_t room = (size_t)(l->end - l->p);
+    n = n < room ? n : room;
+    memcpy(l->p, s, n);
+    l->p += n;
+}
+
+static void
+put_s(struct line *l, const char *s)
+{
+    put(l, s, strlen(s));
+}
+
+static void
+put_u(struct line *l, uint64_t v)
+{
+    char d[20], *e = d + sizeof(d), *b = e;
+    do
+        *--b = (char)('0' + v % 10);
+    while ((v /= 10) > 0);
+    put(l, b, (size_t)(e - b));
+}
+
 static const char *
 headers(struct gw_req *q, bool served, unsigned retry_after)
 {
-    int n = snprintf(q->hdrs, sizeof(q->hdrs), "X-Labman-Request-Id: %s\r\nX-Labman-Node: %s\r\n%s",
-                     q->id, q->g->node_name, served ? "X-Labman-Route: local\r\n" : "");
-    if (retry_after && n > 0 && (size_t)n < sizeof(q->hdrs))
-        snprintf(q->hdrs + n, sizeof(q->hdrs) - (size_t)n, "Retry-After: %u\r\n", retry_after);
+    /* Built by hand, once per answer: the id is 16 bytes, the node's line
+     * was made at start. */
+    static const char id[] = "X-Labman-Request-Id: ", route[] = "X-Labman-Route: local\r\n";
+    const struct lm_gateway *g = q->g;
+    struct line l = {q->hdrs, q->hdrs + sizeof(q->hdrs) - 1};
+    put(&l, id, sizeof(id) - 1);
+    put(&l, q->id, 16);
+    put(&l, "\r\n", 2);
+    put(&l, g->hdr_node, g->hdr_node_len);
+    if (served)
+        put(&l, route, sizeof(route) - 1);
+    if (retry_after) {
+        put_s(&l, "Retry-After: ");
+        put_u(&l, retry_after);
+        put(&l, "\r\n", 2);
+    }
+    *l.p = '\0';
     return q->hdrs;
 }
 
@@ -364,21 +424,105 @@ stop_upstream(struct gw_req *q)
 
 static const char *route_path(enum gw_route r);
 
+/* us in tenths of a millisecond, rounded as printf("%.1f", us / 1e3) rounds:
+ * only a tie (…50 µs) asks where the double lies, and an exact tie goes to
+ * even. */
+static uint64_t
+ms_tenths(uint64_t us)
+{
+    uint64_t tenths = us / 100;
+    unsigned rem = (unsigned)(us % 100);
+    if (rem > 50) {
+        tenths++;
+    } else if (rem == 50) {
+        double d = (double)us / 1000, err = fma(d, 1000, -(double)us);
+        if (err > 0 || (err == 0 && tenths % 2 == 1))
+            tenths++;
+    }
+    return tenths;
+}
+
+char *
+gw_fmt_ms(char *out, size_t cap, uint64_t us)
+{
+    uint64_t t = ms_tenths(us);
+    snprintf(out, cap, "%" PRIu64 ".%u", t / 10, (unsigned)(t % 10));
+    return out;
+}
+
+static void
+put_ms(struct line *l, uint64_t us)
+{
+    uint64_t t = ms_tenths(us);
+    put_u(l, t / 10);
+    char frac[2] = {'.', (char)('0' + t % 10)};
+    put(l, frac, 2);
+}
+
+static void
+on_log_flush(evutil_socket_t fd, short what, void *arg)
+{
+    struct lm_gateway *g = arg;
+    (void)fd;
+    (void)what;
+    g->log_held = false;
+    lm_log_flush();
+}
+
+/* One line per request, as
+ *   "<id> key=<k> <method> <path> model="<m>" endpoint=<e> status=<n>
+ *    in=<n> out=<n> ttft_ms=<x.y|-> dur_ms=<x.y> attempts=<n>[ stream]"
+ * The lines of one event-loop turn are written together at its end. */
 static void
 access_log(const struct gw_req *q, uint64_t dur_us)
 {
-    char model[MODEL_MAX * 2], ttft[32];
-    lm_escape(model, sizeof(model), q->model_sent, strlen(q->model_sent));
+    struct lm_gateway *g = q->g;
+    if (lm_log_get_level() < LM_LOG_INFO)
+        return;
+    char model[MODEL_MAX * 2], buf[1536];
+    struct line l = {buf, buf + sizeof(buf)};
+    const char *m = q->model_sent;
+    /* lm_escape leaves a name of plain printable bytes as it is. */
+    while (*m >= 0x20 && *m < 0x7f && *m != '"' && *m != '\\')
+        m++;
+    if (*m)
+        lm_escape(model, sizeof(model), q->model_sent, strlen(q->model_sent));
+    put(&l, q->id, 16);
+    put_s(&l, " key=");
+    put_s(&l, lm_auth_key_name(q->key));
+    put_s(&l, " ");
+    put_s(&l, q->method);
+    put_s(&l, " ");
+    put_s(&l, q->route == GW_ROUTE_NONE ? q->path : route_path(q->route));
+    put_s(&l, " model=\"");
+    put_s(&l, *m ? model : q->model_sent);
+    put_s(&l, "\" endpoint=");
+    put_s(&l, q->ep_name[0] ? q->ep_name : "-");
+    put_s(&l, " status=");
+    if (q->status < 0)
+        put_s(&l, "-");
+    put_u(&l, (uint64_t)(q->status < 0 ? -(int64_t)q->status : q->status));
+    put_s(&l, " in=");
+    put_u(&l, q->tokens_in);
+    put_s(&l, " out=");
+    put_u(&l, q->tokens_out);
+    put_s(&l, " ttft_ms=");
     if (q->t_first_us)
-        snprintf(ttft, sizeof(ttft), "%.1f", (double)(q->t_first_us - q->t0_us) / 1000);
+        put_ms(&l, q->t_first_us - q->t0_us);
     else
-        snprintf(ttft, sizeof(ttft), "-");
-    log_info("%s key=%s %s %s model=\"%s\" endpoint=%s status=%d in=%" PRIu64 " out=%" PRIu64
-             " ttft_ms=%s dur_ms=%.1f attempts=%u%s",
-             q->id, lm_auth_key_name(q->key), q->method,
-             q->route == GW_ROUTE_NONE ? q->path : route_path(q->route), model,
-             q->ep_name[0] ? q->ep_name : "-", q->status, q->tokens_in, q->tokens_out, ttft,
-             (double)dur_us / 1000, q->attempts, q->stream ? " stream" : "");
+        put_s(&l, "-");
+    put_s(&l, " dur_ms=");
+    put_ms(&l, dur_us);
+    put_s(&l, " attempts=");
+    put_u(&l, q->attempts);
+    if (q->stream)
+        put_s(&l, " stream");
+    if (!g->log_held) {
+        g->log_held = true;
+        lm_log_hold();
+        event_active(&g->log_flush, EV_TIMEOUT, 1);
+    }
+    lm_log_msg(LM_LOG_INFO, LM_LOG_MODULE, buf, (size_t)(l.p - buf));
 }
 
 /* Every request ends here exactly once. */
@@ -663,7 +807,7 @@ on_head(struct lm_upstream_req *r, int status, void *arg)
         q->mode = MODE_DISCARD;
     } else {
         const char *ct = lm_upstream_header(r, "Content-Type");
-        snprintf(q->ctype, sizeof(q->ctype), "%s", ct ? ct : "");
+        scopy(q->ctype, sizeof(q->ctype), ct ? ct : "");
         bool sse = status / 100 == 2 && ct && strncasecmp(ct, "text/event-stream", 17) == 0;
         q->mode = sse ? MODE_SSE : MODE_BUFFER;
     }
@@ -914,8 +1058,8 @@ start_upstream(struct gw_req *q)
     const struct lm_endpoint *ep = q->slot.ep;
     static const struct lm_upstream_cbs cbs = {on_head, on_data, on_done};
 
-    snprintf(q->ep_name, sizeof(q->ep_name), "%s", ep->name);
-    snprintf(q->label, sizeof(q->label), "%s", q->slot.model_id);
+    scopy(q->ep_name, sizeof(q->ep_name), ep->name);
+    scopy(q->label, sizeof(q->label), q->slot.model_id);
     if (q->n_skip < MAX_ATTEMPTS)
         q->skip[q->n_skip++] = ep;
     q->attempts++;
@@ -928,7 +1072,9 @@ start_upstream(struct gw_req *q)
 
     struct lm_upstream_opts o;
     memset(&o, 0, sizeof(o));
-    snprintf(g->url, sizeof(g->url), "%s%s", ep->url, route_path(q->route));
+    size_t ul = strnlen(ep->url, sizeof(g->url) - 1);
+    memcpy(g->url, ep->url, ul);
+    scopy(g->url + ul, sizeof(g->url) - ul, route_path(q->route));
     o.method = "POST";
     o.url = g->url;
     size_t h = 0;
@@ -1171,10 +1317,65 @@ bad_request(struct gw_req *q, const char *param, const char *msg)
     reply_error(q, 400, "invalid_request_error", NULL, param, 0, "%s", msg);
 }
 
+/* The fields we route by, from one validating pass over the body (no
+ * tree). Returns 1 (read), 0 (answered: a bad field), or -EAGAIN when the
+ * scan cannot tell or the body is not valid JSON: parse_body_tree then
+ * decides, and words the error as it always has. */
+static int
+scan_body(struct gw_req *q, const struct lm_http_request *r)
+{
+    struct gw_body b;
+    if (!r->body || gw_scan_body(r->body, r->body_len, &b) != 0)
+        return -EAGAIN;
+    const char *why = NULL, *param = NULL;
+    size_t mlen = b.members.model.val_len - 2; /* found when model is a string */
+    if (b.model == GW_J_ABSENT) {
+        why = "you must provide a model parameter";
+        param = "model";
+    } else if (b.model != GW_J_STRING || mlen == 0) {
+        why = "model must be a non-empty string";
+        param = "model";
+    } else if (mlen >= MODEL_MAX) {
+        why = "model names are at most 255 bytes, without NUL";
+        param = "model";
+    } else if (b.stream != GW_J_ABSENT && b.stream != GW_J_TRUE && b.stream != GW_J_FALSE &&
+               b.stream != GW_J_NULL) {
+        why = "stream must be a boolean";
+        param = "stream";
+    }
+    if (why) {
+        if (authorize(q, r, NULL)) /* as in parse_body_tree: 401 before 400 */
+            bad_request(q, param, why);
+        return 0;
+    }
+    memcpy(q->model_sent, r->body + b.members.model.val + 1, mlen);
+    q->model_sent[mlen] = '\0';
+    q->stream = q->route != GW_ROUTE_EMBEDDINGS && b.stream == GW_J_TRUE;
+    if (q->stream)
+        q->inject = (b.stream_options == GW_J_ABSENT || b.stream_options == GW_J_NULL ||
+                     b.stream_options == GW_J_OBJECT) &&
+                    b.include_usage != GW_J_TRUE;
+    q->body = r->body;
+    q->body_len = r->body_len;
+    q->members = b.members;
+    q->members_ok = true;
+    return 1;
+}
+
+static bool parse_body_tree(struct gw_req *q, const struct lm_http_request *r);
+
 /* Parses the body, checks the fields we route by, and decides what a
  * forwarded body must change. Answers and returns false on bad input. */
 static bool
 parse_body(struct gw_req *q, const struct lm_http_request *r)
+{
+    int rc = scan_body(q, r);
+    return rc < 0 ? parse_body_tree(q, r) : rc == 1;
+}
+
+/* The same with jansson: bodies the scan leaves to it, and bad ones. */
+static bool
+parse_body_tree(struct gw_req *q, const struct lm_http_request *r)
 {
     json_error_t jerr;
     json_t *o = json_loadb(r->body ? r->body : "", r->body_len, 0, &jerr);
@@ -1240,7 +1441,7 @@ resolve_target(struct gw_req *q, const struct lm_http_request *r)
     const char *target = lm_http_header_get(r, "X-Labman-Target");
     const char *node = NULL;
 
-    snprintf(q->model, sizeof(q->model), "%s", q->model_sent);
+    scopy(q->model, sizeof(q->model), q->model_sent);
     char *at = strrchr(q->model, '@');
     if (at && !find_model(g, q->model_sent)) {
         *at = '\0';
@@ -1286,7 +1487,7 @@ inference(struct gw_req *q, const struct lm_http_request *r)
                     esc);
         return;
     }
-    snprintf(q->label, sizeof(q->label), "%s", m->id);
+    scopy(q->label, sizeof(q->label), m->id);
     q->deadline_ms = q->t0_us / 1000 + g->request_timeout_ms;
     lm_http_watch(q->conn, on_conn_event, q);
     attempt(q);
@@ -1422,7 +1623,7 @@ on_request(struct lm_http_conn *c, const struct lm_http_request *r, void *arg)
 
     enter(q);
     q->conn = c;
-    snprintf(q->method, sizeof(q->method), "%s", r->method);
+    scopy(q->method, sizeof(q->method), r->method);
     bool get = strcmp(r->method, "GET") == 0, post = strcmp(r->method, "POST") == 0;
 
     if (strcmp(path, "/v1/chat/completions") == 0)
@@ -1556,6 +1757,9 @@ lm_gateway_new(struct lm_gateway **out, const struct lm_gateway_deps *deps,
     g->admin = deps->admin;
     g->node_name = header_safe(deps->node_name);
     g->node_id = lm_xstrdup(deps->node_id ? deps->node_id : "");
+    g->hdr_node = lm_xasprintf("X-Labman-Node: %s\r\n", g->node_name);
+    g->hdr_node_len = strlen(g->hdr_node);
+    event_assign(&g->log_flush, g->base, -1, 0, on_log_flush, g);
     g->created = (int64_t)time(NULL);
     lm_buf_init(&g->scratch, 0);
     lm_buf_init(&g->out, 0);
@@ -1609,12 +1813,17 @@ lm_gateway_free(struct lm_gateway *g)
         g->pool = q->next;
         req_free(q);
     }
+    if (g->log_held) {
+        event_del(&g->log_flush);
+        lm_log_flush();
+    }
     lm_auth_free(g->auth);
     gw_metrics_free(g->metrics);
     lm_buf_release(&g->scratch);
     lm_buf_release(&g->out);
     free(g->node_name);
     free(g->node_id);
+    free(g->hdr_node);
     free(g);
 }
 

@@ -1,8 +1,9 @@
-/* Byte-level looks into JSON texts on the request path: where the members
- * we may rewrite sit (so a rewrite splices bytes instead of re-serializing
- * the client's body), and the token counts of a "usage" object (so relaying
- * an answer does not parse it). Every read is bounds-checked: runtimes'
- * bytes are not trusted to be valid JSON. */
+/* Byte-level looks into JSON texts on the request path: the one-pass check
+ * of a request body and the fields we route by (so no tree is built per
+ * request), where the members we may rewrite sit (so a rewrite splices
+ * bytes instead of re-serializing the client's body), and the token counts
+ * of a "usage" object (so relaying an answer does not parse it). Every read
+ * is bounds-checked: runtimes' bytes are not trusted to be valid JSON. */
 #include <errno.h>
 #include <string.h>
 
@@ -259,4 +260,343 @@ gw_json_str(struct lm_buf *b, const char *s, size_t len)
     }
     lm_buf_append(b, s + run, len - run);
     lm_buf_append(b, "\"", 1);
+}
+
+/* ---- validating a request body ---- */
+
+/* Bytes that stand for themselves inside a JSON string. */
+static const unsigned char plain[256] = {
+    ['\x20'] = 1, ['\x21'] = 1, ['\x23' ... '\x5b'] = 1, ['\x5d' ... '\x7f'] = 1,
+};
+
+struct scanner {
+    const unsigned char *s;
+    size_t len;
+    int rc;           /* -EINVAL or -EAGAIN once one is known */
+    struct gw_body *b;
+};
+
+static bool
+is_digit(unsigned char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+static size_t
+ws(const struct scanner *sc, size_t i)
+{
+    const unsigned char *s = sc->s;
+    while (i < sc->len && (s[i] == ' ' || s[i] == '\n' || s[i] == '\r' || s[i] == '\t'))
+        i++;
+    return i;
+}
+
+static size_t
+fail(struct scanner *sc, int rc)
+{
+    if (sc->rc == 0 || rc == -EINVAL)
+        sc->rc = rc;
+    return NOPE;
+}
+
+static bool
+hex4(const struct scanner *sc, size_t i, uint32_t *out)
+{
+    uint32_t v = 0;
+    if (i + 4 > sc->len)
+        return false;
+    for (size_t k = i; k < i + 4; k++) {
+        unsigned char c = sc->s[k];
+        uint32_t d = c >= '0' && c <= '9'   ? (uint32_t)(c - '0')
+                     : c >= 'a' && c <= 'f' ? (uint32_t)(c - 'a' + 10)
+                     : c >= 'A' && c <= 'F' ? (uint32_t)(c - 'A' + 10)
+                                            : 16;
+        if (d == 16)
+            return false;
+        v = v << 4 | d;
+    }
+    *out = v;
+    return true;
+}
+
+/* One UTF-8 sequence at s[i] (>= 0x80), strict as jansson is: no overlong
+ * forms, no surrogates, nothing past U+10FFFF. Returns its length or 0. */
+static size_t
+utf8_seq(const struct scanner *sc, size_t i)
+{
+    const unsigned char *s = sc->s;
+    unsigned char c = s[i];
+    size_t n;
+    uint32_t v;
+    if (c >= 0xc2 && c <= 0xdf) {
+        n = 2;
+        v = c & 0x1f;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        n = 3;
+        v = c & 0x0f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        n = 4;
+        v = c & 0x07;
+    } else {
+        return 0;
+    }
+    if (i + n > sc->len)
+        return 0;
+    for (size_t k = 1; k < n; k++) {
+        if ((s[i + k] & 0xc0) != 0x80)
+            return 0;
+        v = v << 6 | (s[i + k] & 0x3f);
+    }
+    if (v > 0x10ffff || (v >= 0xd800 && v <= 0xdfff) || (n == 3 && v < 0x800) ||
+        (n == 4 && v < 0x10000))
+        return 0;
+    return n;
+}
+
+/* s[i] is '"'. Returns the offset after the closing quote; *esc tells
+ * whether the string has escapes (its bytes are then not its value). */
+static size_t
+string(struct scanner *sc, size_t i, bool *esc)
+{
+    const unsigned char *s = sc->s;
+    size_t len = sc->len;
+    *esc = false;
+    for (i++;;) {
+        while (i < len && plain[s[i]])
+            i++;
+        if (i >= len)
+            return fail(sc, -EINVAL);
+        unsigned char c = s[i];
+        if (c == '"')
+            return i + 1;
+        if (c == '\\') {
+            *esc = true;
+            if (i + 1 >= len)
+                return fail(sc, -EINVAL);
+            c = s[i + 1];
+            if (c != 'u') {
+                if (!strchr("\"\\/bfnrt", c) || c == '\0')
+                    return fail(sc, -EINVAL);
+                i += 2;
+                continue;
+            }
+            uint32_t cp, lo;
+            if (!hex4(sc, i + 2, &cp))
+                return fail(sc, -EINVAL);
+            i += 6;
+            /* jansson refuses \u0000 (no JSON_ALLOW_NUL) and unpaired
+             * surrogates. */
+            if (cp == 0 || (cp >= 0xdc00 && cp <= 0xdfff))
+                return fail(sc, -EINVAL);
+            if (cp >= 0xd800 && cp <= 0xdbff) {
+                if (i + 1 >= len || s[i] != '\\' || s[i + 1] != 'u' || !hex4(sc, i + 2, &lo) ||
+                    lo < 0xdc00 || lo > 0xdfff)
+                    return fail(sc, -EINVAL);
+                i += 6;
+            }
+            continue;
+        }
+        if (c < 0x20)
+            return fail(sc, -EINVAL);
+        size_t n = utf8_seq(sc, i);
+        if (n == 0)
+            return fail(sc, -EINVAL);
+        i += n;
+    }
+}
+
+/* A number jansson reads: it refuses integers past int64 and reals past
+ * DBL_MAX, which take more than a glance to tell; those are left to it. */
+static size_t
+number(struct scanner *sc, size_t i)
+{
+    const unsigned char *s = sc->s;
+    size_t len = sc->len;
+    if (s[i] == '-')
+        i++;
+    size_t d0 = i;
+    if (i >= len || !is_digit(s[i]))
+        return fail(sc, -EINVAL);
+    if (s[i] == '0') {
+        i++;
+        if (i < len && is_digit(s[i]))
+            return fail(sc, -EINVAL);
+    } else {
+        while (i < len && is_digit(s[i]))
+            i++;
+    }
+    size_t int_digits = i - d0;
+    bool real = false;
+    long exp = 0;
+    if (i < len && s[i] == '.') {
+        i++;
+        if (i >= len || !is_digit(s[i]))
+            return fail(sc, -EINVAL);
+        while (i < len && is_digit(s[i]))
+            i++;
+        real = true;
+    }
+    if (i < len && (s[i] == 'e' || s[i] == 'E')) {
+        i++;
+        bool neg = false;
+        if (i < len && (s[i] == '+' || s[i] == '-'))
+            neg = s[i++] == '-';
+        if (i >= len || !is_digit(s[i]))
+            return fail(sc, -EINVAL);
+        for (; i < len && is_digit(s[i]); i++)
+            if (exp < 100000)
+                exp = exp * 10 + (s[i] - '0');
+        if (neg)
+            exp = -exp;
+        real = true;
+    }
+    if (real ? (long)int_digits + exp > 300 : int_digits > 18)
+        return fail(sc, -EAGAIN);
+    return i;
+}
+
+static size_t value(struct scanner *sc, size_t i, unsigned depth, enum gw_jtype *type);
+
+/* The object at s[i]; top: the request's own members are looked at. */
+static size_t
+object(struct scanner *sc, size_t i, unsigned depth, int what)
+{
+    const unsigned char *s = sc->s;
+    struct gw_body *b = sc->b;
+    i = ws(sc, i + 1);
+    if (i < sc->len && s[i] == '}')
+        return i + 1;
+    for (;;) {
+        if (i >= sc->len || s[i] != '"')
+            return fail(sc, -EINVAL);
+        size_t kstart = i;
+        bool esc;
+        i = string(sc, i, &esc);
+        if (i == NOPE)
+            return NOPE;
+        size_t kend = i;
+        i = ws(sc, i);
+        if (i >= sc->len || s[i] != ':')
+            return fail(sc, -EINVAL);
+        size_t vstart = ws(sc, i + 1);
+        enum gw_jtype t = GW_J_ABSENT;
+        /* A key spelled with escapes may be one we look for. */
+        if (esc && what != 0)
+            fail(sc, -EAGAIN);
+        const char *k = (const char *)s;
+        int sub = 0;
+        struct gw_span *sp = NULL;
+        enum gw_jtype *tp = NULL;
+        if (what == 1) {
+            if (key_is(k, kstart, kend, "model")) {
+                sp = &b->members.model;
+                tp = &b->model;
+            } else if (key_is(k, kstart, kend, "stream")) {
+                tp = &b->stream;
+            } else if (key_is(k, kstart, kend, "stream_options")) {
+                sp = &b->members.stream_options;
+                tp = &b->stream_options;
+                b->include_usage = GW_J_ABSENT; /* the last one counts */
+                sub = 2;
+            }
+        } else if (what == 2 && key_is(k, kstart, kend, "include_usage")) {
+            tp = &b->include_usage;
+        }
+        i = value(sc, vstart, depth + 1, &t);
+        if (i == NOPE)
+            return NOPE;
+        if (sub == 2 && t == GW_J_OBJECT) {
+            /* Looked into again, now as stream_options (rarely more than
+             * a member or two). */
+            if (object(sc, vstart, depth + 1, 2) == NOPE)
+                return NOPE;
+        }
+        if (tp)
+            *tp = t;
+        if (sp) {
+            sp->found = true;
+            sp->member = kstart;
+            sp->val = vstart;
+            sp->val_len = i - vstart;
+        }
+        if (tp == &b->model && t == GW_J_STRING && memchr(k + vstart, '\\', i - vstart))
+            fail(sc, -EAGAIN); /* its bytes are not its value */
+        i = ws(sc, i);
+        if (i < sc->len && s[i] == '}')
+            return i + 1;
+        if (i >= sc->len || s[i] != ',')
+            return fail(sc, -EINVAL);
+        i = ws(sc, i + 1);
+    }
+}
+
+static size_t
+value(struct scanner *sc, size_t i, unsigned depth, enum gw_jtype *type)
+{
+    const unsigned char *s = sc->s;
+    size_t len = sc->len;
+    if (i >= len)
+        return fail(sc, -EINVAL);
+    if (depth > GW_SCAN_DEPTH)
+        return fail(sc, -EAGAIN); /* jansson's limit is deeper: let it judge */
+    switch (s[i]) {
+    case '"': {
+        bool esc;
+        *type = GW_J_STRING;
+        return string(sc, i, &esc);
+    }
+    case '{':
+        *type = GW_J_OBJECT;
+        return object(sc, i, depth, 0);
+    case '[':
+        *type = GW_J_ARRAY;
+        i = ws(sc, i + 1);
+        if (i < len && s[i] == ']')
+            return i + 1;
+        for (;;) {
+            enum gw_jtype t = GW_J_ABSENT;
+            i = value(sc, i, depth + 1, &t);
+            if (i == NOPE)
+                return NOPE;
+            i = ws(sc, i);
+            if (i < len && s[i] == ']')
+                return i + 1;
+            if (i >= len || s[i] != ',')
+                return fail(sc, -EINVAL);
+            i = ws(sc, i + 1);
+        }
+    case 't':
+        *type = GW_J_TRUE;
+        if (len - i >= 4 && memcmp(s + i, "true", 4) == 0)
+            return i + 4;
+        return fail(sc, -EINVAL);
+    case 'f':
+        *type = GW_J_FALSE;
+        if (len - i >= 5 && memcmp(s + i, "false", 5) == 0)
+            return i + 5;
+        return fail(sc, -EINVAL);
+    case 'n':
+        *type = GW_J_NULL;
+        if (len - i >= 4 && memcmp(s + i, "null", 4) == 0)
+            return i + 4;
+        return fail(sc, -EINVAL);
+    default:
+        *type = GW_J_NUMBER;
+        return number(sc, i);
+    }
+}
+
+int
+gw_scan_body(const char *s, size_t len, struct gw_body *out)
+{
+    struct scanner sc = {(const unsigned char *)s, len, 0, out};
+    memset(out, 0, sizeof(*out));
+    size_t i = ws(&sc, 0);
+    out->members.open = i;
+    if (i >= len || s[i] != '{')
+        return -EINVAL;
+    i = object(&sc, i, 0, 1);
+    if (i != NOPE && ws(&sc, i) != len)
+        fail(&sc, -EINVAL);
+    return sc.rc;
 }

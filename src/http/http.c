@@ -570,6 +570,10 @@ flush(struct lm_http_conn *c)
     bool wrote = false;
     if (c->dead || c->lingering)
         return;
+    /* Log lines held for this turn (the access log) go out before the
+     * answers they are about: whoever reads the log after an answer finds
+     * its line. Still one write for all the lines of a turn's completions. */
+    lm_log_write_held();
     while (evbuffer_get_length(c->out) > 0) {
         int n = evbuffer_write(c->out, c->fd);
         if (n < 0) {

@@ -17,6 +17,18 @@ int lm_log_format_parse(const char *s, enum lm_log_format *out);
 const char *lm_log_level_name(enum lm_log_level level);
 
 void lm_log(enum lm_log_level level, const char *module, const char *fmt, ...) LM_PRINTF(3, 4);
+/* The same for a message already formatted (len bytes, no NUL needed). */
+void lm_log_msg(enum lm_log_level level, const char *module, const char *msg, size_t len);
+
+/* Holds info and debug lines in memory from now until lm_log_flush() (or
+ * until 4 KiB are held, or exit): an event loop that logs a line per
+ * request writes them once per turn. Warnings and errors are written at
+ * once, after what is held. */
+void lm_log_hold(void);
+void lm_log_flush(void);
+/* Writes what is held now, and goes on holding: a server calls it before
+ * it sends, so that the log line about an answer is never behind it. */
+void lm_log_write_held(void);
 
 /* Each .c file that logs defines LM_LOG_MODULE "name" before including. */
 #define log_error(...) lm_log(LM_LOG_ERROR, LM_LOG_MODULE, __VA_ARGS__)

@@ -9,11 +9,14 @@
  *  - on valid JSON, the scans agree with jansson: usage numbers (a JSON
  *    integer >= 0, else 0), the "model" / "stream_options" members, the
  *    empty "choices" test, and stripping "usage":null leaves valid JSON;
+ *  - gw_scan_body accepts exactly what json_loadb accepts as an object (or
+ *    leaves the call to it) and reads the same request fields;
  *  - gw_json_str writes a JSON string jansson reads back to the same bytes.
  * The JSON checks run on the whole input and on each event's data. Inputs
  * with "\u" escapes (a key spelled differently) or with the key written more
  * than once are not compared: the scans look for keys as written, and for
  * the last "usage" in the text (relaying a long answer looks at its tail). */
+#include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,6 +78,64 @@ check_span(const char *s, size_t len, const struct gw_span *sp, json_t *j, const
     json_decref(got);
 }
 
+static enum gw_jtype
+jtype(json_t *v)
+{
+    switch (v ? json_typeof(v) : JSON_NULL) {
+    case JSON_OBJECT:
+        return GW_J_OBJECT;
+    case JSON_ARRAY:
+        return GW_J_ARRAY;
+    case JSON_STRING:
+        return GW_J_STRING;
+    case JSON_INTEGER:
+    case JSON_REAL:
+        return GW_J_NUMBER;
+    case JSON_TRUE:
+        return GW_J_TRUE;
+    case JSON_FALSE:
+        return GW_J_FALSE;
+    default:
+        return v ? GW_J_NULL : GW_J_ABSENT;
+    }
+}
+
+/* gw_scan_body against json_loadb(s, len, 0): 0 only on an object jansson
+ * accepts, with the same "model", "stream", "stream_options" and
+ * "include_usage"; -EINVAL only where jansson refuses it or it is not an
+ * object; -EAGAIN (left to jansson) anywhere. */
+static void
+check_body(const char *s, size_t len, json_t *j)
+{
+    struct gw_body b;
+    int rc = gw_scan_body(s, len, &b);
+    if (rc == -EAGAIN)
+        return;
+    if (rc == -EINVAL) {
+        if (j && json_is_object(j))
+            abort();
+        return;
+    }
+    if (rc != 0 || !j || !json_is_object(j))
+        abort();
+    json_t *model = json_object_get(j, "model"), *so = json_object_get(j, "stream_options");
+    if (b.model != jtype(model) || b.stream != jtype(json_object_get(j, "stream")) ||
+        b.stream_options != jtype(so))
+        abort();
+    if (json_is_object(so) && b.include_usage != jtype(json_object_get(so, "include_usage")))
+        abort();
+    if (s[b.members.open] != '{')
+        abort();
+    check_span(s, len, &b.members.model, j, "model");
+    check_span(s, len, &b.members.stream_options, j, "stream_options");
+    if (json_is_string(model)) {
+        const struct gw_span *m = &b.members.model;
+        if (m->val_len - 2 != json_string_length(model) ||
+            memcmp(s + m->val + 1, json_string_value(model), m->val_len - 2))
+            abort();
+    }
+}
+
 /* A JSON text (or anything): memory safety always, agreement with jansson
  * when it is a valid object. */
 static void
@@ -88,6 +149,7 @@ check_json(const char *in, size_t len)
     int mrc = gw_scan_members(s, len, &m);
 
     json_t *j = json_loadb(s, len, 0, NULL);
+    check_body(s, len, j);
     if (j && json_is_object(j) && !memmem(s, len, "\\u", 2)) {
         size_t nu = count(s, len, "\"usage\"");
         json_t *u = json_object_get(j, "usage");

@@ -148,6 +148,95 @@ test_scan_members(void **state)
     assert_false(m.model.found);
 }
 
+static int
+scan(const char *s, struct gw_body *b)
+{
+    return gw_scan_body(s, strlen(s), b);
+}
+
+/* The one-pass check of a request body: jansson's verdict, the last of
+ * repeated keys, and a fall back to jansson where it cannot tell. */
+static void
+test_scan_body(void **state)
+{
+    (void)state;
+    struct gw_body b;
+    const char *ok = " {\"messages\":[{\"role\":\"user\",\"content\":\"h\\u00e9 \\ud83d\\ude00 "
+                     "\xc3\xa9\\n\"}],\"temperature\":0.7,\"max_tokens\":8,\"stop\":null,"
+                     "\"model\":\"x\",\"stream\":true,\"model\" : \"llama3\","
+                     "\"stream_options\":{\"include_usage\":false,\"include_usage\":true}} \n";
+    assert_int_equal(scan(ok, &b), 0);
+    assert_int_equal(b.members.open, 1);
+    assert_int_equal(b.model, GW_J_STRING);
+    assert_memory_equal(ok + b.members.model.val, "\"llama3\"", b.members.model.val_len);
+    assert_int_equal(b.stream, GW_J_TRUE);
+    assert_int_equal(b.stream_options, GW_J_OBJECT);
+    assert_int_equal(b.include_usage, GW_J_TRUE);
+
+    assert_int_equal(scan("{\"stream_options\":{\"include_usage\":true},\"stream_options\":1}",
+                          &b),
+                     0);
+    assert_int_equal(b.stream_options, GW_J_NUMBER);
+    assert_int_equal(b.include_usage, GW_J_ABSENT);
+    assert_int_equal(scan("{}", &b), 0);
+    assert_int_equal(b.model, GW_J_ABSENT);
+    assert_int_equal(scan("{\"model\":[-0.5e-3,1E+2,0,-12]}", &b), 0);
+    assert_int_equal(b.model, GW_J_ARRAY);
+
+    /* What json_loadb refuses. */
+    static const char *const bad[] = {
+        "", " ", "[]", "\"x\"", "1", "{", "{\"a\"}", "{\"a\":}", "{\"a\":1,}", "{,}",
+        "{\"a\":1}x", "{\"a\":1}{}", "{\"a\":01}", "{\"a\":-}", "{\"a\":1.}", "{\"a\":.5}",
+        "{\"a\":1e}", "{\"a\":+1}", "{\"a\":tru}", "{\"a\":truex}", "{\"a\":nul}",
+        "{\"a\":\"\\x\"}", "{\"a\":\"\\u12\"}", "{\"a\":\"\\u0000\"}", "{\"a\":\"\\udc00\"}",
+        "{\"a\":\"\\ud800\"}", "{\"a\":\"\\ud800\\u0041\"}", "{\"a\":\"\t\"}",
+        "{\"a\":\"\xc0\xaf\"}", "{\"a\":\"\xed\xa0\x80\"}", "{\"a\":\"\xf4\x90\x80\x80\"}",
+        "{\"a\":\"\xe2\x82\"}", "{\"a\":\"\x80\"}", "{'a':1}", "{\"a\":[1,]}", "{\"a\":[1 2]}",
+        "\xef\xbb\xbf{}",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_int_equal(scan(bad[i], &b), -EINVAL);
+    assert_int_equal(gw_scan_body("{\"a\":\"\0\"}", 8, &b), -EINVAL);
+
+    /* Left to jansson. */
+    static const char *const unsure[] = {
+        "{\"mod\\u0065l\":\"x\"}", "{\"model\":\"a\\/b\"}", "{\"a\":12345678901234567890}",
+        "{\"a\":1e400}", "{\"stream_options\":{\"include\\u005fusage\":true}}",
+    };
+    for (size_t i = 0; i < sizeof(unsure) / sizeof(unsure[0]); i++)
+        assert_int_equal(scan(unsure[i], &b), -EAGAIN);
+    char deep[2 * GW_SCAN_DEPTH + 16];
+    size_t n = 0;
+    deep[n++] = '{';
+    memcpy(deep + n, "\"a\":", 4);
+    n += 4;
+    for (int i = 0; i < GW_SCAN_DEPTH + 1; i++)
+        deep[n++] = '[';
+    for (int i = 0; i < GW_SCAN_DEPTH + 1; i++)
+        deep[n++] = ']';
+    deep[n++] = '}';
+    assert_int_equal(gw_scan_body(deep, n, &b), -EAGAIN);
+    /* But a bad body stays bad, whatever else it holds. */
+    assert_int_equal(scan("{\"mod\\u0065l\":\"x\",}", &b), -EINVAL);
+}
+
+/* The access log's durations read as printf's "%.1f" of milliseconds. */
+static void
+test_fmt_ms(void **state)
+{
+    (void)state;
+    char got[32], want[32];
+    for (uint64_t us = 0; us < 300000; us++) {
+        snprintf(want, sizeof(want), "%.1f", (double)us / 1000);
+        assert_string_equal(gw_fmt_ms(got, sizeof(got), us), want);
+    }
+    static const uint64_t big[] = {1150, 2250, 999950, 123456789050ull, 9007199254740950ull};
+    for (size_t i = 0; i < sizeof(big) / sizeof(big[0]); i++) {
+        snprintf(want, sizeof(want), "%.1f", (double)big[i] / 1000);
+        assert_string_equal(gw_fmt_ms(got, sizeof(got), big[i]), want);
+    }
+}
+
 /* Truncations and junk never read past the end (ASan checks that). */
 static void
 test_scan_hostile(void **state)
@@ -305,7 +394,8 @@ main(void)
         cmocka_unit_test(test_scan_members),     cmocka_unit_test(test_scan_hostile),
         cmocka_unit_test(test_find_usage),       cmocka_unit_test(test_usage_chunk),
         cmocka_unit_test(test_json_str),         cmocka_unit_test(test_metrics_text),
-        cmocka_unit_test(test_metrics_bounded),
+        cmocka_unit_test(test_metrics_bounded),  cmocka_unit_test(test_scan_body),
+        cmocka_unit_test(test_fmt_ms),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
