@@ -403,18 +403,6 @@ table_add(struct parser *p, struct lm_toml_value *tab, char *key, int line, int 
 
 /* ---- strings ------------------------------------------------------------ */
 
-static int
-hex_val(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* At '\\' in a basic string; multi-line strings also allow a line-ending
  * backslash, which swallows all whitespace up to the next text. */
 static int
@@ -443,7 +431,7 @@ parse_escape(struct parser *p, struct lm_buf *b, bool multiline)
         uint32_t cp = 0;
         adv(p);
         for (int i = 0; i < n; i++) {
-            int h = hex_val(peek(p));
+            int h = lm_hex_value(peek(p));
             if (h < 0)
                 return fail_at(p, line, col, "\\%c escape needs %d hex digits", c, n);
             cp = (cp << 4) | (uint32_t)h;
@@ -615,7 +603,7 @@ scan_digits(struct parser *p, struct lm_buf *b, int base, size_t *ndigits)
     *ndigits = 0;
     for (;;) {
         int c = peek(p);
-        int d = hex_val(c);
+        int d = lm_hex_value(c);
         if (d < 0 || d >= base) {
             if (c == '_')
                 return fail(p, "'_' must sit between digits");
@@ -629,7 +617,7 @@ scan_digits(struct parser *p, struct lm_buf *b, int base, size_t *ndigits)
         adv(p);
         if (peek(p) == '_') {
             adv(p);
-            if (hex_val(peek(p)) < 0 || hex_val(peek(p)) >= base)
+            if (lm_hex_value(peek(p)) < 0 || lm_hex_value(peek(p)) >= base)
                 return fail(p, "'_' must sit between digits");
         }
     }
@@ -652,7 +640,7 @@ parse_prefixed_int(struct parser *p, struct lm_toml_value *v)
         goto out;
     }
     for (size_t i = 0; i < b.len; i++) {
-        uint64_t d = (uint64_t)hex_val((unsigned char)b.data[i]);
+        uint64_t d = (uint64_t)lm_hex_value((unsigned char)b.data[i]);
         if (n > ((uint64_t)INT64_MAX - d) / (uint64_t)base) {
             rc = fail_at(p, v->line, v->col, "integer does not fit in 64 bits");
             goto out;

@@ -254,8 +254,8 @@ lm_hex_encode(char *out, const uint8_t *in, size_t n)
     out[2 * n] = '\0';
 }
 
-static int
-hexval(int c)
+int
+lm_hex_value(int c)
 {
     if (c >= '0' && c <= '9')
         return c - '0';
@@ -270,7 +270,7 @@ bool
 lm_is_hex(const char *s, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        if (hexval((unsigned char)s[i]) < 0)
+        if (lm_hex_value((unsigned char)s[i]) < 0)
             return false;
     return true;
 }
@@ -281,7 +281,7 @@ lm_hex_decode(uint8_t *out, size_t outlen, const char *hex)
     if (strlen(hex) != 2 * outlen || !lm_is_hex(hex, 2 * outlen))
         return -EINVAL;
     for (size_t i = 0; i < outlen; i++)
-        out[i] = (uint8_t)(hexval(hex[2 * i]) << 4 | hexval(hex[2 * i + 1]));
+        out[i] = (uint8_t)(lm_hex_value(hex[2 * i]) << 4 | lm_hex_value(hex[2 * i + 1]));
     return 0;
 }
 

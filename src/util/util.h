@@ -67,6 +67,8 @@ void lm_diags_sort(struct lm_diags *d);
 void lm_hex_encode(char *out, const uint8_t *in, size_t n); /* out: 2n+1 bytes */
 int lm_hex_decode(uint8_t *out, size_t outlen, const char *hex);
 bool lm_is_hex(const char *s, size_t n);
+/* 0..15 for a hex digit (either case), -1 otherwise. */
+int lm_hex_value(int c);
 
 /* "host:port", "[v6]:port". host is copied into hostbuf. Port 1..65535
  * (0 allowed when allow_zero). Returns 0 or -EINVAL. */
