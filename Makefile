@@ -138,7 +138,7 @@ bench: deps
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/doc/labman
 	install -m 0755 $(BUILD)/labmand $(BUILD)/labman $(BUILD)/labman-devllm $(DESTDIR)$(PREFIX)/bin/
-	install -m 0644 docs/labmand.service examples/*.toml $(DESTDIR)$(PREFIX)/share/doc/labman/
+	install -m 0644 docs/labmand.service examples/full.toml examples/demo.toml $(DESTDIR)$(PREFIX)/share/doc/labman/
 
 clean:
 	rm -rf build
