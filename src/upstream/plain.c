@@ -560,18 +560,30 @@ drop(struct preq *r)
     recycle(r);
 }
 
+/* Byte classes of the response head, looked up once a byte: bit 1 a token
+ * byte (RFC 9110 tchar), bit 2 a value byte (visible ASCII, SP, HTAB). Bytes
+ * from 0x80 up are neither. */
+static const unsigned char head_class[256] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    2, 3, 2, 3, 3, 3, 3, 3, 2, 2, 3, 3, 2, 3, 3, 2,
+    3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2,
+    2, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3,
+    3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 3, 3,
+    3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3,
+    3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 2, 3, 2, 3, 0,
+};
+
 static bool
 is_tchar(unsigned char c)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           (c && strchr("!#$%&'*+-.^_`|~", c));
+    return head_class[c] & 1;
 }
 
-/* Header value bytes taken as they are: visible ASCII, SP, HTAB. */
 static bool
 is_vchar(unsigned char c)
 {
-    return (c >= 0x20 && c < 0x7f) || c == '\t';
+    return head_class[c] & 2;
 }
 
 /* The common answer, read without http_parser: a whole head in the first
@@ -653,9 +665,20 @@ fast_head(struct preq *r, const char *d, size_t n, int *status, uint64_t *clen)
             goto no;
         }
         counted += name_len + val_len;
-        if (lm_buf_append(b, nm, name_len) || lm_buf_append(b, "", 1) ||
-            lm_buf_append(b, v, val_len) || lm_buf_append(b, "", 1))
+        /* One append for the usual short pair: it runs for every header of
+         * every response. */
+        char pair[256];
+        if (name_len + val_len + 2 <= sizeof(pair)) {
+            memcpy(pair, nm, name_len);
+            pair[name_len] = '\0';
+            memcpy(pair + name_len + 1, v, val_len);
+            pair[name_len + 1 + val_len] = '\0';
+            if (lm_buf_append(b, pair, name_len + val_len + 2))
+                goto no;
+        } else if (lm_buf_append(b, nm, name_len) || lm_buf_append(b, "", 1) ||
+                   lm_buf_append(b, v, val_len) || lm_buf_append(b, "", 1)) {
             goto no;
+        }
     }
     if (!have_len || counted > LM_UP_HEAD_CAP - r->head_bytes)
         goto no;
@@ -1328,27 +1351,63 @@ origin_get(struct lm_upplain *p, const char *auth, size_t alen, struct origin **
     return 0;
 }
 
+/* Pieces of the request head gathered on the stack and appended to the
+ * output buffer in few calls: the head is built for every request. */
+struct head {
+    struct lm_buf *b;
+    size_t n;
+    int rc;
+    char d[1024];
+};
+
+static void
+head_flush(struct head *h)
+{
+    if (!h->rc && h->n)
+        h->rc = lm_buf_append(h->b, h->d, h->n);
+    h->n = 0;
+}
+
+static void
+head_put(struct head *h, const void *p, size_t n)
+{
+    if (h->rc)
+        return;
+    if (n > sizeof(h->d) - h->n) {
+        head_flush(h);
+        if (!h->rc && n > sizeof(h->d))
+            h->rc = lm_buf_append(h->b, p, n);
+        if (h->rc || n > sizeof(h->d))
+            return;
+    }
+    memcpy(h->d + h->n, p, n);
+    h->n += n;
+}
+
 /* "METHOD path HTTP/1.1", Host, Content-Length, the caller's headers,
  * Connection, then the body: one buffer, one send. */
 static int
 format(struct preq *r, const struct lm_upstream_opts *o, const char *path, size_t plen)
 {
-    struct lm_buf *b = &r->out;
+    struct head h;
     bool post = o->method[0] == 'P';
     bool host = false;
-    lm_buf_reset(b);
-    int rc = lm_buf_append(b, post ? "POST " : "GET ", post ? 5 : 4);
+    h.b = &r->out;
+    h.n = 0;
+    h.rc = 0;
+    lm_buf_reset(h.b);
+    head_put(&h, post ? "POST " : "GET ", post ? 5 : 4);
     if (plen == 0 || path[0] == '?')
-        rc = rc ? rc : lm_buf_append(b, "/", 1); /* "http://h:1?q" asks for "/?q" */
-    rc = rc ? rc : lm_buf_append(b, path, plen);
-    rc = rc ? rc : lm_buf_append(b, " HTTP/1.1\r\n", 11);
+        head_put(&h, "/", 1); /* "http://h:1?q" asks for "/?q" */
+    head_put(&h, path, plen);
+    head_put(&h, " HTTP/1.1\r\n", 11);
     for (size_t i = 0; i < LM_UPSTREAM_MAX_HEADERS && o->headers[i]; i++)
         if (strncasecmp(o->headers[i], "host:", 5) == 0)
             host = true;
     if (!host) {
-        rc = rc ? rc : lm_buf_append(b, "Host: ", 6);
-        rc = rc ? rc : lm_buf_append(b, r->o->key, r->o->keylen);
-        rc = rc ? rc : lm_buf_append(b, "\r\n", 2);
+        head_put(&h, "Host: ", 6);
+        head_put(&h, r->o->key, r->o->keylen);
+        head_put(&h, "\r\n", 2);
     }
     if (post) {
         char num[24];
@@ -1358,17 +1417,19 @@ format(struct preq *r, const struct lm_upstream_opts *o, const char *path, size_
             num[--k] = (char)('0' + v % 10);
             v /= 10;
         } while (v);
-        rc = rc ? rc : lm_buf_append(b, "Content-Length: ", 16);
-        rc = rc ? rc : lm_buf_append(b, num + k, sizeof(num) - k);
-        rc = rc ? rc : lm_buf_append(b, "\r\n", 2);
+        head_put(&h, "Content-Length: ", 16);
+        head_put(&h, num + k, sizeof(num) - k);
+        head_put(&h, "\r\n", 2);
     }
     for (size_t i = 0; i < LM_UPSTREAM_MAX_HEADERS && o->headers[i]; i++) {
-        rc = rc ? rc : lm_buf_append(b, o->headers[i], strlen(o->headers[i]));
-        rc = rc ? rc : lm_buf_append(b, "\r\n", 2);
+        head_put(&h, o->headers[i], strlen(o->headers[i]));
+        head_put(&h, "\r\n", 2);
     }
-    rc = rc ? rc : lm_buf_append(b, "Connection: keep-alive\r\n\r\n", 26);
+    head_put(&h, "Connection: keep-alive\r\n\r\n", 26);
+    head_flush(&h);
+    int rc = h.rc;
     if (post && o->body_len)
-        rc = rc ? rc : lm_buf_append(b, o->body, o->body_len);
+        rc = rc ? rc : lm_buf_append(h.b, o->body, o->body_len);
     return rc ? -EINVAL : 0;
 }
 
