@@ -540,14 +540,17 @@ req_done(struct gw_req *q)
     }
     if (!q->usage_seen && q->events > 0)
         q->tokens_out = q->events; /* the runtime never told: count its chunks */
-    if (q->auth_held)
-        lm_auth_finish(g->auth, q->key, q->tokens_in + q->tokens_out, now / 1000);
-    q->auth_held = false;
     gw_metrics_request(g->metrics, q->route, q->label[0] ? q->label : NULL,
                        q->ep_name[0] ? q->ep_name : NULL, q->status, now - q->t0_us,
                        q->t_first_us ? q->t_first_us - q->t0_us : 0, q->tokens_in,
                        q->tokens_out);
     access_log(q, now - q->t0_us);
+    /* Last: finishing may free a key that a reload removed (its final
+     * in-flight request), and the access log above still names it. */
+    if (q->auth_held)
+        lm_auth_finish(g->auth, q->key, q->tokens_in + q->tokens_out, now / 1000);
+    q->auth_held = false;
+    q->key = NULL;
 
     if (q->prev)
         q->prev->next = q->next;
