@@ -32,6 +32,13 @@ void cli_conn_release(struct conn *c);
 long cli_call(const struct conn *c, const char *method, const char *path, json_t **out);
 /* Prints an error answer as one line; returns the exit code. */
 int cli_api_error(const struct conn *c, long status, json_t *body);
+/* GET path for a listing command: parses the target options, calls, and
+ * checks for a JSON object. Returns 0 with *out, or the exit code after
+ * printing why not; not_found (or NULL) replaces the message for a 404. */
+int cli_get(int argc, char **argv, const char *usage, const char *path, const char *not_found,
+            struct target *t, json_t **out);
+/* --json output: indented, keys sorted. */
+void cli_print_json(json_t *j);
 
 /* cmd_endpoints.c */
 int cli_cmd_endpoints(int argc, char **argv);

@@ -109,41 +109,6 @@ age(char *out, size_t cap, json_t *o)
         snprintf(out, cap, "%lldm ago", ms / 60000);
 }
 
-/* Fetches path; 0 and *out, or the exit code after printing why not. */
-static int
-fetch(int argc, char **argv, const char *usage, const char *path, struct target *t, json_t **out)
-{
-    struct conn c;
-    int rc = 1;
-
-    *out = NULL;
-    if (cli_parse_target(argc, argv, t, true, usage) < 0)
-        return 2;
-    if (cli_resolve(t, &c) < 0)
-        return 1;
-    long status = cli_call(&c, "GET", path, out);
-    if (status < 0)
-        goto out;
-    if (status != 200 || !json_is_object(*out)) {
-        rc = cli_api_error(&c, status, *out);
-        json_decref(*out);
-        *out = NULL;
-        goto out;
-    }
-    rc = 0;
-out:
-    cli_conn_release(&c);
-    return rc;
-}
-
-static void
-print_json(json_t *j)
-{
-    char *s = json_dumps(j, JSON_INDENT(2) | JSON_SORT_KEYS);
-    puts(s ? s : "{}");
-    free(s);
-}
-
 int
 cli_cmd_endpoints(int argc, char **argv)
 {
@@ -155,11 +120,11 @@ cli_cmd_endpoints(int argc, char **argv)
         fputs(usage_endpoints, stdout);
         return 0;
     }
-    int rc = fetch(argc, argv, usage_endpoints, "/admin/v1/endpoints", &t, &body);
+    int rc = cli_get(argc, argv, usage_endpoints, "/admin/v1/endpoints", NULL, &t, &body);
     if (rc != 0)
         return rc;
     if (t.json) {
-        print_json(body);
+        cli_print_json(body);
         json_decref(body);
         return 0;
     }
@@ -221,11 +186,11 @@ cli_cmd_models(int argc, char **argv)
         fputs(usage_models, stdout);
         return 0;
     }
-    int rc = fetch(argc, argv, usage_models, "/admin/v1/models", &t, &body);
+    int rc = cli_get(argc, argv, usage_models, "/admin/v1/models", NULL, &t, &body);
     if (rc != 0)
         return rc;
     if (t.json) {
-        print_json(body);
+        cli_print_json(body);
         json_decref(body);
         return 0;
     }

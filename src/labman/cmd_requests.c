@@ -37,36 +37,19 @@ int
 cli_cmd_requests(int argc, char **argv)
 {
     struct target t;
-    struct conn c;
-    json_t *body = NULL, *r;
+    json_t *body, *r;
     size_t i;
-    int rc = 1;
 
     if (cli_wants_help(argc, argv)) {
         fputs(usage_requests, stdout);
         return 0;
     }
-    if (cli_parse_target(argc, argv, &t, true, usage_requests) < 0)
-        return 2;
-    if (cli_resolve(&t, &c) < 0)
-        return 1;
-    long status = cli_call(&c, "GET", "/admin/v1/requests", &body);
-    if (status < 0)
-        goto out;
-    if (status == 404) {
-        fprintf(stderr, "labman: labmand at %s has no gateway (node roles lack \"gateway\")\n",
-                c.addr);
-        goto out;
-    }
-    if (status != 200 || !json_is_object(body)) {
-        rc = cli_api_error(&c, status, body);
-        goto out;
-    }
-    rc = 0;
+    int rc = cli_get(argc, argv, usage_requests, "/admin/v1/requests",
+                     "has no gateway (node roles lack \"gateway\")", &t, &body);
+    if (rc != 0)
+        return rc;
     if (t.json) {
-        char *s = json_dumps(body, JSON_INDENT(2) | JSON_SORT_KEYS);
-        puts(s ? s : "{}");
-        free(s);
+        cli_print_json(body);
         goto out;
     }
     json_t *list = json_object_get(body, "requests");
@@ -98,6 +81,5 @@ cli_cmd_requests(int argc, char **argv)
            (long long)json_integer_value(json_object_get(body, "queued")));
 out:
     json_decref(body);
-    cli_conn_release(&c);
     return rc;
 }

@@ -226,6 +226,44 @@ out:
 
 /* Prints an error answer as one line; returns the exit code. */
 int
+cli_get(int argc, char **argv, const char *usage, const char *path, const char *not_found,
+        struct target *t, json_t **out)
+{
+    struct conn c;
+    int rc = 1;
+
+    *out = NULL;
+    if (cli_parse_target(argc, argv, t, true, usage) < 0)
+        return 2;
+    if (cli_resolve(t, &c) < 0)
+        return 1;
+    long status = cli_call(&c, "GET", path, out);
+    if (status < 0)
+        goto out;
+    if (status == 404 && not_found) {
+        fprintf(stderr, "labman: labmand at %s %s\n", c.addr, not_found);
+    } else if (status != 200 || !json_is_object(*out)) {
+        rc = cli_api_error(&c, status, *out);
+    } else {
+        rc = 0;
+        goto out;
+    }
+    json_decref(*out);
+    *out = NULL;
+out:
+    cli_conn_release(&c);
+    return rc;
+}
+
+void
+cli_print_json(json_t *j)
+{
+    char *s = json_dumps(j, JSON_INDENT(2) | JSON_SORT_KEYS);
+    puts(s ? s : "{}");
+    free(s);
+}
+
+int
 cli_api_error(const struct conn *c, long status, json_t *body)
 {
     const char *msg = json_string_value(json_object_get(json_object_get(body, "error"), "message"));
@@ -396,9 +434,7 @@ cmd_status(int argc, char **argv)
         goto out;
     }
     if (t.json) {
-        char *s = json_dumps(st, JSON_INDENT(2) | JSON_SORT_KEYS);
-        puts(s ? s : "{}");
-        free(s);
+        cli_print_json(st);
     } else {
         print_status(st);
     }
@@ -499,9 +535,7 @@ config_reload(int argc, char **argv)
         goto out;
     }
     if (t.json) {
-        char *s = json_dumps(res, JSON_INDENT(2) | JSON_SORT_KEYS);
-        puts(s ? s : "{}");
-        free(s);
+        cli_print_json(res);
         rc = status == 200 ? 0 : 1;
         goto out;
     }
