@@ -146,3 +146,11 @@ def test_version_and_help():
     assert "unknown command" in labman("frobnicate", check=2).stderr
     labman(check=2)
     labman("status", "--bogus", check=2)
+
+
+def test_requests_on_a_node_without_gateway(tmp_path, procs):
+    _, port, cfg = start_daemon(tmp_path, procs, node_extra='roles = ["provider"]\n')
+    r = labman("requests", "--admin", f"127.0.0.1:{port}", check=1)
+    assert r.stdout == ""
+    assert r.stderr.strip() == (f"labman: labmand at 127.0.0.1:{port} has no gateway "
+                                '(node roles lack "gateway")')
