@@ -317,6 +317,20 @@ lm_daemon_start(struct lm_daemon *d, struct lm_config *cfg, const char *path, bo
         return -ENOMEM;
     }
 
+    /* Before anything listens: a test or an operator that sees the admin
+     * port open may signal at once, and SIGHUP's default action kills. The
+     * handlers only run once the loop does, after everything below exists. */
+    d->sig_term = evsignal_new(d->base, SIGTERM, on_stop_signal, d);
+    d->sig_int = evsignal_new(d->base, SIGINT, on_stop_signal, d);
+    d->sig_hup = evsignal_new(d->base, SIGHUP, on_hup, d);
+    d->drain_timer = evtimer_new(d->base, drain_tick, d);
+    if (!d->sig_term || !d->sig_int || !d->sig_hup || !d->drain_timer ||
+        evsignal_add(d->sig_term, NULL) < 0 || evsignal_add(d->sig_int, NULL) < 0 ||
+        evsignal_add(d->sig_hup, NULL) < 0) {
+        log_error("cannot install signal handlers");
+        return -EIO;
+    }
+
     rc = lm_identity_load_or_create(cfg->node.data_dir, &d->id);
     if (rc < 0) {
         log_error("%s", d->id.err);
@@ -366,17 +380,6 @@ lm_daemon_start(struct lm_daemon *d, struct lm_config *cfg, const char *path, bo
             log_error("%s", err);
             return rc;
         }
-    }
-
-    d->sig_term = evsignal_new(d->base, SIGTERM, on_stop_signal, d);
-    d->sig_int = evsignal_new(d->base, SIGINT, on_stop_signal, d);
-    d->sig_hup = evsignal_new(d->base, SIGHUP, on_hup, d);
-    d->drain_timer = evtimer_new(d->base, drain_tick, d);
-    if (!d->sig_term || !d->sig_int || !d->sig_hup || !d->drain_timer ||
-        evsignal_add(d->sig_term, NULL) < 0 || evsignal_add(d->sig_int, NULL) < 0 ||
-        evsignal_add(d->sig_hup, NULL) < 0) {
-        log_error("cannot install signal handlers");
-        return -EIO;
     }
 
     if (cfg->n_endpoints == 0)
