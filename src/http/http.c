@@ -1323,6 +1323,7 @@ conn_new(struct lm_http_server *s, int fd, const struct sockaddr_storage *ss, so
         log_error("out of memory for a connection");
         abort();
     }
+    event_priority_set(c->rev, LM_PRIO_URGENT); /* a request: see LM_PRIO_URGENT */
     c->next = s->conns;
     if (s->conns)
         s->conns->prev = c;
@@ -1475,6 +1476,7 @@ lm_http_server_new(struct lm_http_server **out, struct event_base *base,
     s->retry_ev = evtimer_new(base, retry_cb, s);
     if (!s->accept_ev || !s->retry_ev)
         abort();
+    event_priority_set(s->accept_ev, LM_PRIO_URGENT);
     event_add(s->accept_ev, NULL);
     s->listening = true;
     *out = s;

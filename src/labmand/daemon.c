@@ -14,6 +14,7 @@
 #include "log/log.h"
 
 #define DRAIN_POLL_MS 20
+#define BULK_BATCH 16 /* bulk callbacks between two looks for urgent events */
 
 static bool
 default_missing(const char *path, bool given)
@@ -311,8 +312,17 @@ lm_daemon_start(struct lm_daemon *d, struct lm_config *cfg, const char *path, bo
     /* A write to a closed socket is an error to handle, not a reason to die. */
     signal(SIGPIPE, SIG_IGN);
 
-    d->base = event_base_new();
-    if (!d->base) {
+    /* Urgent events first (LM_PRIO_URGENT), and a look for new ones after
+     * every BULK_BATCH bulk callbacks: otherwise a request that arrives
+     * while hundreds of stream tokens are being relayed waits for all of them
+     * (a few ms at 512 streams) before it is even read. */
+    struct event_config *ec = event_config_new();
+    if (ec)
+        event_config_set_max_dispatch_interval(ec, NULL, BULK_BATCH, LM_PRIO_BULK);
+    d->base = ec ? event_base_new_with_config(ec) : NULL;
+    if (ec)
+        event_config_free(ec);
+    if (!d->base || event_base_priority_init(d->base, LM_PRIO_N) < 0) {
         log_error("cannot create the event loop");
         return -ENOMEM;
     }

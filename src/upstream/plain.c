@@ -227,14 +227,20 @@ conn_close(struct conn *c)
 static void
 conn_watch(struct conn *c, short flags)
 {
-    if (c->watch == flags)
+    /* Urgent until the first body byte: see LM_PRIO_URGENT. */
+    int prio = c->r && c->r->received == 0 ? LM_PRIO_URGENT : LM_PRIO_BULK;
+    if (c->watch == flags) {
+        if (flags)
+            event_priority_set(c->ev, prio);
         return;
+    }
     if (c->watch)
         event_del(c->ev);
     c->watch = flags;
     if (!flags)
         return;
     event_assign(c->ev, c->p->base, c->fd, (short)(flags | EV_PERSIST), conn_cb, c);
+    event_priority_set(c->ev, prio);
     if (event_add(c->ev, NULL) != 0)
         log_error("cannot watch socket %d", c->fd);
 }
@@ -521,6 +527,8 @@ body(struct preq *r, const char *at, size_t n)
         snprintf(r->msg, sizeof(r->msg), "response larger than %zu bytes", r->max);
         return fail_in_cb(r, -EMSGSIZE, r->msg);
     }
+    if (r->received == 0 && n && r->c) /* no connection when fuzzed */
+        event_priority_set(r->c->ev, LM_PRIO_BULK);
     r->received += n;
     if (r->cbs.on_data && n)
         r->cbs.on_data(&r->pub, at, n, r->arg);

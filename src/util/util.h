@@ -13,6 +13,13 @@
 #define LM_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 #define LM_PRINTF(f, a) __attribute__((format(printf, f, a)))
 
+/* Event priorities of labmand's loop (event_base_priority_init(base,
+ * LM_PRIO_N)): a request still waiting for its first byte is served before
+ * the next token of streams already flowing, so that hundreds of streams do
+ * not add their work to every new request's time to first token. Modules set
+ * them best-effort: on a loop without priorities the call fails harmlessly. */
+enum { LM_PRIO_URGENT = 0, LM_PRIO_BULK = 1, LM_PRIO_N = 2 };
+
 /* Allocation failure aborts: a daemon that cannot allocate 100 bytes cannot
  * do anything useful, and checking every call hides the real error paths. */
 void *lm_xmalloc(size_t n);
