@@ -1383,21 +1383,6 @@ accept_cb(evutil_socket_t lfd, short what, void *arg)
     }
 }
 
-static void
-format_addr(char *out, size_t cap, const struct sockaddr *sa)
-{
-    char ip[INET6_ADDRSTRLEN] = "?";
-    if (sa->sa_family == AF_INET6) {
-        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)sa;
-        inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof(ip));
-        snprintf(out, cap, "[%s]:%u", ip, ntohs(a->sin6_port));
-    } else {
-        const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
-        inet_ntop(AF_INET, &a->sin_addr, ip, sizeof(ip));
-        snprintf(out, cap, "%s:%u", ip, ntohs(a->sin_port));
-    }
-}
-
 int
 lm_http_server_new(struct lm_http_server **out, struct event_base *base,
                    const struct lm_http_server_opts *opts, char *err, size_t errcap)
@@ -1471,7 +1456,7 @@ lm_http_server_new(struct lm_http_server **out, struct event_base *base,
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
     if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0)
-        format_addr(s->addr, sizeof(s->addr), (struct sockaddr *)&ss);
+        lm_sockaddr_format(s->addr, sizeof(s->addr), (struct sockaddr *)&ss);
     s->accept_ev = event_new(base, fd, EV_READ | EV_PERSIST, accept_cb, s);
     s->retry_ev = evtimer_new(base, retry_cb, s);
     if (!s->accept_ev || !s->retry_ev)

@@ -85,6 +85,10 @@ int lm_hostport_parse(const char *s, char *hostbuf, size_t hostcap, int *port, b
  * 127/8, "localhost"). Any other name may resolve anywhere: false. */
 bool lm_hostport_is_loopback(const char *hostport);
 
+struct sockaddr;
+/* "1.2.3.4:80" or "[::1]:80", for logs and listen addresses. */
+void lm_sockaddr_format(char *out, size_t cap, const struct sockaddr *sa);
+
 /* Reads a whole file of at most max bytes. -EFBIG when larger. */
 int lm_file_read(const char *path, size_t max, char **out, size_t *outlen);
 
@@ -94,6 +98,8 @@ void lm_escape(char *out, size_t outcap, const void *in, size_t inlen);
 
 /* Monotonic and wall clocks. */
 uint64_t lm_now_ms(void);
+/* Unix time in ms (CLOCK_REALTIME): what signed frames carry in ts. */
+uint64_t lm_wall_ms(void);
 uint64_t lm_now_us(void);
 
 /* Levenshtein distance, capped: for "did you mean" hints. */
