@@ -60,6 +60,10 @@ FUZZ_REPLAY := $(FUZZ_SRCS:tests/fuzz/%.c=$(BUILD)/fuzz/%-replay)
 FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/%)
 FUZZ_SECONDS ?= 60
 
+# The C side of the yamux interop test against hashicorp/yamux
+# (tests/conformance/yamux/run.sh builds the Go side itself).
+YAMUX_CPEER := $(BUILD)/tests/yamux-cpeer
+
 .PHONY: all check unit conformance fuzz-replay integ run bench install clean deps fuzz
 .DEFAULT_GOAL := all
 
@@ -97,6 +101,11 @@ $(BUILD)/fuzz/%-replay: tests/fuzz/%.c tests/fuzz/replay.c $(LIB)
 	@$(if $(Q),echo "  CC      $<")
 	$(Q)$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ $< tests/fuzz/replay.c $(LIB) $(LIBS)
 
+$(YAMUX_CPEER): tests/conformance/yamux/cpeer.c $(LIB)
+	@mkdir -p $(@D)
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ $< $(LIB) $(LIBS)
+
 build/fuzz/%: tests/fuzz/%.c $(LIB_SRCS)
 	@mkdir -p $(@D)
 	$(Q)clang -std=c11 -D_GNU_SOURCE -g -O1 -Isrc $(PKG_CFLAGS) \
@@ -106,14 +115,15 @@ deps:
 	$(Q)scripts/deps.sh
 
 check: deps
-	$(Q)$(MAKE) --no-print-directory all $(UNIT_BINS) $(FUZZ_REPLAY)
+	$(Q)$(MAKE) --no-print-directory all $(UNIT_BINS) $(FUZZ_REPLAY) $(YAMUX_CPEER)
 	$(Q)SAN=$(SAN) scripts/check.sh "$(BUILD)"
 
 unit: $(UNIT_BINS)
 	$(Q)for t in $(UNIT_BINS); do $$t || exit 1; done
 
-conformance: all deps
+conformance: all deps $(YAMUX_CPEER)
 	$(Q)$(PYTHON) tests/conformance/toml/run.py $(BUILD)/toml-decoder
+	$(Q)tests/conformance/yamux/run.sh $(BUILD)
 	$(Q)cd tests/conformance/openai && LABMAN_BUILD=$(abspath $(BUILD)) node --test --test-timeout=60000
 
 fuzz-replay: $(FUZZ_REPLAY)
@@ -143,4 +153,4 @@ install: all
 clean:
 	rm -rf build
 
--include $(LIB_OBJS:.o=.d) $(foreach d,$(BIN_DIRS),$(patsubst src/%.c,$(BUILD)/obj/%.d,$(wildcard src/$(d)/*.c)))
+-include $(LIB_OBJS:.o=.d) $(YAMUX_CPEER).d $(foreach d,$(BIN_DIRS),$(patsubst src/%.c,$(BUILD)/obj/%.d,$(wildcard src/$(d)/*.c)))

@@ -64,6 +64,9 @@ openai_sdk() {
 suite unit '\[  PASSED  \] [0-9]+' '\[  FAILED  \] [0-9]+' -- unit_all
 suite toml-test 'toml-test: [0-9]+ passed' '[0-9]+ failed$' -- \
     "$PYTHON" tests/conformance/toml/run.py "$BUILD/toml-decoder"
+# src/yamux against hashicorp/yamux over TCP, both ways round.
+suite yamux-interop 'yamux-interop: [0-9]+ passed' '[0-9]+ failed$' -- \
+    tests/conformance/yamux/run.sh "$BUILD"
 suite fuzz-replay 'replay: [0-9]+ inputs ok' 'no-such-line' -- fuzz_replay
 suite integ '[0-9]+ passed' '[0-9]+ (failed|error)' -- \
     env LABMAN_BUILD="$BUILD" "$PYTHON" -m pytest -q -p no:cacheprovider tests/integ
