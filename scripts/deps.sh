@@ -6,12 +6,15 @@ set -euo pipefail
 
 # Build: compiler, libraries of SPEC §2. Tests: cmocka, pytest, clang for the
 # fuzz targets. Benchmarks: nginx (baseline proxy), wrk (load), util-linux
-# (taskset). Tools the tests call: curl, iproute2, openssl.
+# (taskset). Tools the tests call: curl, iproute2, openssl; python3-cryptography
+# makes the mesh tests' node keys. The yamux interop test builds its reference
+# peer from Debian's hashicorp/yamux with Go.
 PKGS=(
     build-essential pkg-config clang
     libevent-dev libcurl4-openssl-dev libssl-dev libsodium-dev libjansson-dev
     libsqlite3-dev libsystemd-dev libcmocka-dev libhttp-parser-dev
-    python3 python3-pytest
+    python3 python3-pytest python3-cryptography
+    golang-go golang-github-hashicorp-yamux-dev
     curl openssl iproute2 util-linux procps
     nginx-light wrk prometheus
 )

@@ -98,7 +98,8 @@ struct lm_config {
         char *token_file;
     } admin;
 
-    struct {
+    /* Named so that modules deciding on peers (trust) take only this part. */
+    struct lm_cfg_mesh {
         char *listen;
         struct lm_strv advertise;
         struct lm_strv bootstrap; /* "<node_id>@host:port" */

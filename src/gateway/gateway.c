@@ -8,6 +8,7 @@
  * the pool is warm. */
 #include "gateway/gateway.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
@@ -29,6 +30,7 @@
 
 #define LM_LOG_MODULE "gateway"
 #include "log/log.h"
+#include "mesh/mesh.h"
 
 #define MAX_ATTEMPTS 3
 #define QUEUE_WAIT_MAX_MS 30000
@@ -95,6 +97,14 @@ struct gw_req {
     unsigned attempts;
     struct lm_endpoints_waiter *waiter;
     struct lm_upstream_req *ureq;
+    /* Across the mesh: the provider running this attempt, and those tried. */
+    struct lm_mesh_req *mreq;
+    char node_id[LM_NODE_ID_LEN + 1];
+    char node_hdr[96]; /* "X-Labman-Node: <provider>\r\n", "" when local */
+    bool relayed;      /* the provider is reached through a relay */
+    char mskip[MAX_ATTEMPTS][LM_NODE_ID_LEN + 1];
+    size_t n_mskip;
+    char pin[NODE_MAX]; /* model@node / X-Labman-Target naming another node */
     uint64_t t0_us, deadline_ms, queue_deadline_ms;
     enum gw_fail last_fail;
     char last_err[256];
@@ -117,6 +127,8 @@ struct gw_req {
 struct lm_gateway {
     struct event_base *base;
     struct lm_upstream *up;
+    struct lm_mesh *mesh; /* NULL while this node is on no mesh */
+    unsigned balance_rr;
     struct lm_endpoints *eps;
     struct lm_admin *admin;
     struct lm_http_server *http;
@@ -204,6 +216,9 @@ req_get(struct lm_gateway *g)
     q->attempts = 0;
     q->waiter = NULL;
     q->ureq = NULL;
+    q->mreq = NULL;
+    q->node_id[0] = q->node_hdr[0] = q->pin[0] = '\0';
+    q->n_mskip = 0;
     q->last_fail = GW_FAIL_NONE;
     q->last_err[0] = '\0';
     q->up_status = 0;
@@ -325,15 +340,25 @@ headers(struct gw_req *q, bool served, unsigned retry_after)
 {
     /* Built by hand, once per answer: the id is 16 bytes, the node's line
      * was made at start. */
-    static const char id[] = "X-Labman-Request-Id: ", route[] = "X-Labman-Route: local\r\n";
+    static const char id[] = "X-Labman-Request-Id: ", route[] = "X-Labman-Route: local\r\n",
+                      direct[] = "X-Labman-Route: direct\r\n",
+                      relay[] = "X-Labman-Route: relay\r\n";
     const struct lm_gateway *g = q->g;
     struct line l = {q->hdrs, q->hdrs + sizeof(q->hdrs) - 1};
     put(&l, id, sizeof(id) - 1);
     put(&l, q->id, 16);
     put(&l, "\r\n", 2);
-    put(&l, g->hdr_node, g->hdr_node_len);
-    if (served)
-        put(&l, route, sizeof(route) - 1);
+    if (served && q->node_hdr[0]) {
+        put_s(&l, q->node_hdr);
+        if (q->relayed)
+            put(&l, relay, sizeof(relay) - 1);
+        else
+            put(&l, direct, sizeof(direct) - 1);
+    } else {
+        put(&l, g->hdr_node, g->hdr_node_len);
+        if (served)
+            put(&l, route, sizeof(route) - 1);
+    }
     if (retry_after) {
         put_s(&l, "Retry-After: ");
         put_u(&l, retry_after);
@@ -408,13 +433,24 @@ release_slot(struct gw_req *q, enum lm_outcome outcome)
     lm_endpoints_release(q->g->eps, &q->slot, outcome);
 }
 
+/* The attempt's request, local or across the mesh. */
 static void
-stop_upstream(struct gw_req *q)
+up_cancel(struct gw_req *q)
 {
     if (q->ureq) {
         lm_upstream_cancel(q->ureq);
         q->ureq = NULL;
     }
+    if (q->mreq) {
+        lm_mesh_req_cancel(q->mreq);
+        q->mreq = NULL;
+    }
+}
+
+static void
+stop_upstream(struct gw_req *q)
+{
+    up_cancel(q);
     if (q->waiter) {
         lm_endpoints_wait_cancel(q->waiter);
         q->waiter = NULL;
@@ -594,9 +630,12 @@ on_conn_event(struct lm_http_conn *c, enum lm_http_event ev, void *arg)
         leave(q);
         return;
     }
-    if (ev == LM_HTTP_DRAINED && q->paused && q->ureq) {
+    if (ev == LM_HTTP_DRAINED && q->paused && (q->ureq || q->mreq)) {
         q->paused = false;
-        lm_upstream_resume(q->ureq);
+        if (q->ureq)
+            lm_upstream_resume(q->ureq);
+        else
+            lm_mesh_req_resume(q->mreq);
     }
 }
 
@@ -636,10 +675,7 @@ attempt_failed(struct gw_req *q, enum gw_fail why, const char *fmt, ...)
     vsnprintf(detail, sizeof(detail), fmt, ap);
     va_end(ap);
 
-    if (q->ureq) {
-        lm_upstream_cancel(q->ureq);
-        q->ureq = NULL;
-    }
+    up_cancel(q);
     evtimer_del(&q->timer);
     release_slot(q, LM_OUTCOME_FAILED);
     gw_metrics_upstream_error(q->g->metrics, q->ep_name, why);
@@ -657,10 +693,7 @@ static void
 fail_midway(struct gw_req *q, enum gw_fail why, enum lm_outcome outcome, const char *msg)
 {
     struct lm_gateway *g = q->g;
-    if (q->ureq) {
-        lm_upstream_cancel(q->ureq);
-        q->ureq = NULL;
-    }
+    up_cancel(q);
     release_slot(q, outcome);
     if (outcome == LM_OUTCOME_FAILED)
         gw_metrics_upstream_error(g->metrics, q->ep_name, why);
@@ -754,9 +787,13 @@ write_out(struct gw_req *q, const char *p, size_t n)
     if (!q->conn || n == 0)
         return;
     lm_http_stream_write(q->conn, p, n);
-    if (q->conn && !q->paused && q->ureq && lm_http_conn_pending(q->conn) > HIGH_WATER) {
+    if (q->conn && !q->paused && (q->ureq || q->mreq) &&
+        lm_http_conn_pending(q->conn) > HIGH_WATER) {
         q->paused = true;
-        lm_upstream_pause(q->ureq);
+        if (q->ureq)
+            lm_upstream_pause(q->ureq);
+        else
+            lm_mesh_req_pause(q->mreq);
     }
 }
 
@@ -801,15 +838,13 @@ on_event(void *arg, const char *ev, size_t len, bool whole)
 }
 
 static void
-on_head(struct lm_upstream_req *r, int status, void *arg)
+got_head(struct gw_req *q, int status, const char *ct)
 {
-    struct gw_req *q = arg;
     enter(q);
     q->up_status = status;
     if (status >= 500 || status == 429) {
         q->mode = MODE_DISCARD;
     } else {
-        const char *ct = lm_upstream_header(r, "Content-Type");
         scopy(q->ctype, sizeof(q->ctype), ct ? ct : "");
         bool sse = status / 100 == 2 && ct && strncasecmp(ct, "text/event-stream", 17) == 0;
         q->mode = sse ? MODE_SSE : MODE_BUFFER;
@@ -818,11 +853,15 @@ on_head(struct lm_upstream_req *r, int status, void *arg)
 }
 
 static void
-on_data(struct lm_upstream_req *r, const char *data, size_t len, void *arg)
+on_head(struct lm_upstream_req *r, int status, void *arg)
 {
-    struct gw_req *q = arg;
+    got_head(arg, status, lm_upstream_header(r, "Content-Type"));
+}
+
+static void
+got_data(struct gw_req *q, const char *data, size_t len)
+{
     struct lm_gateway *g = q->g;
-    (void)r;
     enter(q);
     if (q->phase == PH_DONE || q->client_gone)
         goto out;
@@ -881,13 +920,17 @@ relay_buffered(struct gw_req *q)
 }
 
 static void
-on_done(struct lm_upstream_req *r, int err, const char *msg, void *arg)
+on_data(struct lm_upstream_req *r, const char *data, size_t len, void *arg)
 {
-    struct gw_req *q = arg;
-    struct lm_gateway *g = q->g;
     (void)r;
+    got_data(arg, data, len);
+}
+
+static void
+got_done(struct gw_req *q, int err, const char *msg)
+{
+    struct lm_gateway *g = q->g;
     enter(q);
-    q->ureq = NULL;
     if (q->phase == PH_DONE || q->client_gone)
         goto out;
     if (q->mode == MODE_DISCARD) {
@@ -948,6 +991,53 @@ on_done(struct lm_upstream_req *r, int err, const char *msg, void *arg)
     }
 out:
     leave(q);
+}
+
+static void
+on_done(struct lm_upstream_req *r, int err, const char *msg, void *arg)
+{
+    (void)r;
+    struct gw_req *q = arg;
+    q->ureq = NULL;
+    got_done(q, err, msg);
+}
+
+/* Across the mesh: the provider's answer comes the same way. */
+static void
+on_mesh_head(struct lm_mesh_req *r, int status, const char *ct, void *arg)
+{
+    (void)r;
+    got_head(arg, status, ct);
+}
+
+static void
+on_mesh_data(struct lm_mesh_req *r, const char *data, size_t len, void *arg)
+{
+    (void)r;
+    got_data(arg, data, len);
+}
+
+static void
+on_mesh_done(struct lm_mesh_req *r, int err, const char *msg, const struct lm_mesh_usage *u,
+             void *arg)
+{
+    (void)r;
+    struct gw_req *q = arg;
+    q->mreq = NULL;
+    if (!err && u->signed_end && !q->usage_seen) {
+        q->tokens_in = u->prompt_tokens;
+        q->tokens_out = u->completion_tokens;
+        q->usage_seen = true;
+    }
+    /* The provider could not take it: like a busy endpoint, try another. */
+    if (err == -EBUSY || err == -ENOENT || err == -EPERM) {
+        enter(q);
+        if (q->phase != PH_DONE && !q->client_gone && !q->began)
+            attempt_failed(q, GW_FAIL_BUSY, "%s", msg ? msg : "refused");
+        leave(q);
+        return;
+    }
+    got_done(q, err == -EIO || err == -EPROTO || err == -EINVAL ? -ECONNRESET : err, msg);
 }
 
 /* ---- attempts ---- */
@@ -1111,6 +1201,83 @@ start_upstream(struct gw_req *q)
     arm(q, until);
 }
 
+static const char *
+api_name(enum gw_route r)
+{
+    return r == GW_ROUTE_CHAT ? "chat" : r == GW_ROUTE_COMPLETIONS ? "completions" : "embeddings";
+}
+
+/* A peer's name goes into a response header: only when it is a plain
+ * token, else its short id. */
+static void
+node_header(struct gw_req *q, const char *name)
+{
+    bool plain = *name && strlen(name) <= 64;
+    for (const char *p = name; *p && plain; p++)
+        plain = isalnum((unsigned char)*p) || *p == '-' || *p == '_' || *p == '.';
+    if (plain)
+        snprintf(q->node_hdr, sizeof(q->node_hdr), "X-Labman-Node: %s\r\n", name);
+    else
+        snprintf(q->node_hdr, sizeof(q->node_hdr), "X-Labman-Node: %.*s\r\n", LM_SHORT_ID_LEN,
+                 q->node_id);
+}
+
+/* The attempt goes to another node's provider, on its own mesh stream. */
+static void
+start_remote(struct gw_req *q, const char *node_id, const char *name)
+{
+    struct lm_gateway *g = q->g;
+    static const struct lm_mesh_req_cbs cbs = {on_mesh_head, on_mesh_data, on_mesh_done};
+
+    snprintf(q->node_id, sizeof(q->node_id), "%s", node_id);
+    node_header(q, name);
+    snprintf(q->ep_name, sizeof(q->ep_name), "@%.62s", name);
+    if (!q->label[0])
+        scopy(q->label, sizeof(q->label), q->model);
+    if (q->n_mskip < MAX_ATTEMPTS)
+        snprintf(q->mskip[q->n_mskip++], sizeof(q->mskip[0]), "%s", node_id);
+    q->attempts++;
+    q->mode = MODE_NONE;
+    q->up_status = 0;
+    q->ctype[0] = '\0';
+    lm_buf_reset(&q->buf);
+    gw_sse_reset(&q->sse);
+    q->paused = false;
+
+    struct lm_mesh_req_opts o = {
+        .node_id = node_id,
+        .api = api_name(q->route),
+        .model = q->model,
+        .stream = q->stream,
+    };
+    o.body = build_body(q, q->model, &o.body_len);
+    uint64_t now = lm_now_ms();
+    o.deadline_ms = q->deadline_ms > now ? q->deadline_ms - now : 1;
+    q->phase = PH_UPSTREAM;
+    int rc = lm_mesh_request(g->mesh, &o, &cbs, q, &q->mreq);
+    q->relayed = lm_mesh_req_relayed(q->mreq);
+    if (rc < 0) {
+        q->mreq = NULL;
+        attempt_failed(q, GW_FAIL_CONNECT, "cannot reach the provider: %s", strerror(-rc));
+        return;
+    }
+    uint64_t until = q->deadline_ms;
+    if (q->stream && now + g->first_token_timeout_ms < until)
+        until = now + g->first_token_timeout_ms;
+    arm(q, until);
+}
+
+/* The provider across the mesh to try now, if the route mode allows one. */
+static bool
+pick_remote(struct gw_req *q, char id[LM_NODE_ID_LEN + 1], char *name, size_t namecap)
+{
+    struct lm_gateway *g = q->g;
+    if (!g->mesh || (g->route_mode == LM_ROUTE_LOCAL_ONLY && !q->pin[0]))
+        return false;
+    return lm_mesh_pick(g->mesh, q->model, q->pin[0] ? q->pin : NULL, q->mskip, q->n_mskip, id,
+                        name, namecap) == 0;
+}
+
 /* The same names endpoints.c accepts: id, alias, or "x:latest" for an
  * untagged id. */
 static bool
@@ -1184,10 +1351,38 @@ attempt(struct gw_req *q)
         final_failure(q);
         return;
     }
+    q->node_hdr[0] = '\0';
+    char nid[LM_NODE_ID_LEN + 1], nname[80];
+    /* Pinned to another node: only there. */
+    if (q->pin[0]) {
+        if (pick_remote(q, nid, nname, sizeof(nname))) {
+            start_remote(q, nid, nname);
+            return;
+        }
+        if (q->attempts > 0) {
+            final_failure(q);
+            return;
+        }
+        reply_error(q, 503, "server_error", "model_unavailable", NULL, RETRY_DOWN_S,
+                    "node %s is not connected or does not serve model %s right now; retry later",
+                    q->pin, q->model);
+        return;
+    }
+    /* balance: every other request goes to the best remote provider. */
+    if (g->route_mode == LM_ROUTE_BALANCE && (g->balance_rr++ & 1) &&
+        pick_remote(q, nid, nname, sizeof(nname))) {
+        start_remote(q, nid, nname);
+        return;
+    }
     int rc = lm_endpoints_acquire(g->eps, q->model, q->skip, q->n_skip, &q->slot);
     if (rc == 0) {
         q->have_slot = true;
         start_upstream(q);
+        return;
+    }
+    /* prefer_local and balance: nothing free here, another node then. */
+    if (pick_remote(q, nid, nname, sizeof(nname))) {
+        start_remote(q, nid, nname);
         return;
     }
     if (rc == -ENOENT) {
@@ -1452,13 +1647,20 @@ resolve_target(struct gw_req *q, const struct lm_http_request *r)
     } else if (target && *target) {
         node = target;
     }
+    q->pin[0] = '\0';
     if (!node || is_this_node(g, node))
         return true;
+    char id[LM_NODE_ID_LEN + 1];
+    if (g->mesh && strlen(node) < sizeof(q->pin) &&
+        lm_mesh_pick(g->mesh, q->model, node, NULL, 0, id, NULL, 0) == 0) {
+        scopy(q->pin, sizeof(q->pin), node);
+        return true;
+    }
     char esc[NODE_MAX];
     lm_escape(esc, sizeof(esc), node, strlen(node));
     reply_error(q, 404, "invalid_request_error", "node_not_found", "model", 0,
-                "node \"%s\" is not known to this gateway (this node is \"%s\"; requests to "
-                "other nodes need the mesh, which this version does not have)",
+                "node \"%s\" is not connected to this gateway or does not serve this model "
+                "(this node is \"%s\"; `labman peers` lists the mesh)",
                 esc, g->node_name);
     return false;
 }
@@ -1480,7 +1682,15 @@ inference(struct gw_req *q, const struct lm_http_request *r)
         return;
     if (!resolve_target(q, r))
         return;
-    const struct lm_model *m = find_model(g, q->model);
+    const struct lm_model *m = q->pin[0] ? NULL : find_model(g, q->model);
+    char id[LM_NODE_ID_LEN + 1];
+    if (!m && (q->pin[0] || (g->mesh && g->route_mode != LM_ROUTE_LOCAL_ONLY &&
+                             lm_mesh_pick(g->mesh, q->model, NULL, NULL, 0, id, NULL, 0) == 0))) {
+        q->deadline_ms = q->t0_us / 1000 + g->request_timeout_ms;
+        lm_http_watch(q->conn, on_conn_event, q);
+        attempt(q);
+        return;
+    }
     if (!m) {
         char esc[MODEL_MAX * 2];
         lm_escape(esc, sizeof(esc), q->model, strlen(q->model));
@@ -1540,6 +1750,30 @@ models_json(const struct lm_gateway *g, const char *only)
             json_array_append_new(data, o);
         }
     }
+    /* Models of other nodes, with the nodes serving them. */
+    json_t *mesh = g->route_mode != LM_ROUTE_LOCAL_ONLY ? lm_mesh_models_json(g->mesh) : NULL;
+    size_t i;
+    json_t *mm;
+    json_array_foreach(mesh, i, mm) {
+        const char *id = json_string_value(json_object_get(mm, "id"));
+        if (only && strcmp(id, only) != 0)
+            continue;
+        json_t *have = json_object_get(seen, id);
+        if (!have) {
+            have = json_pack("{s:s,s:s,s:I,s:s,s:b}", "id", id, "object", "model", "created",
+                             (json_int_t)g->created, "owned_by", "mesh", "loaded", 0);
+            json_object_set(seen, id, have);
+            json_array_append_new(data, have);
+        }
+        json_object_set(have, "nodes", json_object_get(mm, "nodes"));
+        size_t k;
+        json_t *n;
+        json_array_foreach(json_object_get(mm, "nodes"), k, n) {
+            if (json_is_true(json_object_get(n, "loaded")))
+                json_object_set_new(have, "loaded", json_true());
+        }
+    }
+    json_decref(mesh);
     json_decref(seen);
     return data;
 }
@@ -1836,6 +2070,13 @@ lm_gateway_reconfigure(struct lm_gateway *g, const struct lm_config *cfg)
     apply(g, cfg);
     lm_auth_reconfigure(g->auth, cfg);
     lm_http_server_set_max_body(g->http, (size_t)cfg->gateway.max_body_bytes);
+}
+
+void
+lm_gateway_set_mesh(struct lm_gateway *g, struct lm_mesh *mesh)
+{
+    if (g)
+        g->mesh = mesh;
 }
 
 void

@@ -34,6 +34,9 @@ void lm_gateway_free(struct lm_gateway *g);
  * restart (config reports it). */
 void lm_gateway_reconfigure(struct lm_gateway *g, const struct lm_config *cfg);
 void lm_gateway_stop_listening(struct lm_gateway *g);
+/* Requests may go to other nodes' providers through mesh (NULL: none). */
+struct lm_mesh;
+void lm_gateway_set_mesh(struct lm_gateway *g, struct lm_mesh *mesh);
 unsigned lm_gateway_in_flight(const struct lm_gateway *g);
 
 #endif

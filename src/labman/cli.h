@@ -20,6 +20,11 @@ struct conn {
     char *token; /* NULL = none */
 };
 
+struct lm_config;
+/* The config named by -c (given), else the default file when it exists,
+ * else the built-in defaults. Prints problems and returns NULL when invalid. */
+struct lm_config *cli_load_config(const char *given);
+
 /* Options shared by the commands that talk to labmand; prints usage and
  * returns -EINVAL on bad ones. */
 int cli_parse_target(int argc, char **argv, struct target *t, bool allow_json, const char *usage);
@@ -47,7 +52,14 @@ int cli_cmd_models(int argc, char **argv);
 /* cmd_key.c */
 int cli_cmd_key(int argc, char **argv);
 
+/* cmd_peers.c */
+int cli_cmd_peers(int argc, char **argv);
+
 /* cmd_requests.c */
 int cli_cmd_requests(int argc, char **argv);
+
+/* cmd_mesh.c */
+int cli_cmd_invite(int argc, char **argv);
+int cli_cmd_join(int argc, char **argv);
 
 #endif

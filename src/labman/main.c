@@ -32,7 +32,10 @@ static const char usage_main[] =
     "  endpoints       the local runtimes: kind, health, load, circuit (--json)\n"
     "  models          the models they serve (--json)\n"
     "  requests        the gateway's requests in flight (--json)\n"
+    "  peers           the mesh nodes this node knows, connected or not (--json)\n"
     "  key new NAME    make an API key for [gateway] auth = \"keys\" (shown once)\n"
+    "  invite          print a one-line token with which another node trusts this one\n"
+    "  join TOKEN      trust the node that made TOKEN: edit [mesh], reload labmand\n"
     "  version         print the version\n"
     "\n"
     "Run `labman <command> --help` for a command's options.\n";
@@ -70,10 +73,8 @@ exists(const char *path)
     return stat(path, &st) == 0;
 }
 
-/* The config named by -c, else the default file when it exists, else the
- * built-in defaults. Prints problems and returns NULL when invalid. */
-static struct lm_config *
-load_config(const char *given)
+struct lm_config *
+cli_load_config(const char *given)
 {
     const char *path = given ? given : LM_CONFIG_DEFAULT_PATH;
     struct lm_config *cfg = NULL;
@@ -129,7 +130,7 @@ cli_resolve(const struct target *t, struct conn *c)
         }
         connect_addr(t->admin, c->addr, sizeof(c->addr));
     } else {
-        cfg = load_config(t->config);
+        cfg = cli_load_config(t->config);
         if (!cfg)
             return -EINVAL;
         connect_addr(cfg->admin.listen, c->addr, sizeof(c->addr));
@@ -333,6 +334,16 @@ print_status(json_t *st)
     print_row("config", buf);
     print_row("data dir", str_of(st, "data_dir"));
 
+    json_t *mesh = json_object_get(st, "mesh");
+    if (json_is_object(mesh)) {
+        snprintf(buf, sizeof(buf), "%s (%lld trusted, %lld denied, %lld bootstrap)",
+                 str_of(mesh, "trust"),
+                 (long long)json_integer_value(json_object_get(mesh, "trusted_peers")),
+                 (long long)json_integer_value(json_object_get(mesh, "denied_peers")),
+                 (long long)json_integer_value(json_object_get(mesh, "bootstrap")));
+        print_row("trust", buf);
+    }
+
     const char *k;
     json_object_foreach(json_object_get(st, "listen"), k, v)
     {
@@ -458,7 +469,7 @@ cmd_identity(int argc, char **argv)
             fputs(usage_identity, stderr);
         return 2;
     }
-    struct lm_config *cfg = load_config(t.config);
+    struct lm_config *cfg = cli_load_config(t.config);
     if (!cfg)
         return 1;
     struct lm_identity id;
@@ -499,7 +510,7 @@ config_show(int argc, char **argv)
     struct target t;
     if (cli_parse_target(argc, argv, &t, false, usage_config) < 0 || t.admin || t.token_file)
         return 2;
-    struct lm_config *cfg = load_config(t.config);
+    struct lm_config *cfg = cli_load_config(t.config);
     if (!cfg)
         return 1;
     struct lm_buf out;
@@ -613,12 +624,18 @@ main(int argc, char **argv)
         rc = cmd_config(argc - 1, argv + 1);
     else if (strcmp(cmd, "key") == 0)
         rc = cli_cmd_key(argc - 1, argv + 1);
+    else if (strcmp(cmd, "peers") == 0)
+        rc = cli_cmd_peers(argc - 1, argv + 1);
     else if (strcmp(cmd, "endpoints") == 0)
         rc = cli_cmd_endpoints(argc - 1, argv + 1);
     else if (strcmp(cmd, "models") == 0)
         rc = cli_cmd_models(argc - 1, argv + 1);
     else if (strcmp(cmd, "requests") == 0)
         rc = cli_cmd_requests(argc - 1, argv + 1);
+    else if (strcmp(cmd, "invite") == 0)
+        rc = cli_cmd_invite(argc - 1, argv + 1);
+    else if (strcmp(cmd, "join") == 0)
+        rc = cli_cmd_join(argc - 1, argv + 1);
     else {
         fprintf(stderr, "labman: unknown command \"%s\"\n\n", cmd);
         fputs(usage_main, stderr);

@@ -80,6 +80,24 @@ add_names(json_t *arr, const char *list)
  * a restart can change are named in a warning. An invalid one changes
  * nothing. Returns 0 or -EINVAL; *result (new reference) tells what happened. */
 static int
+start_mesh(struct lm_daemon *d, const struct lm_config *cfg)
+{
+    char err[512];
+    struct lm_mesh_deps md = {
+        .base = d->base,
+        .id = &d->id,
+        .endpoints = d->endpoints,
+        .upstream = d->upstream,
+        .data_dir = d->boot_cfg->node.data_dir,
+    };
+    int rc = lm_mesh_new(&d->mesh, &md, cfg, err, sizeof(err));
+    if (rc < 0)
+        log_error("%s", err);
+    lm_gateway_set_mesh(d->gateway, d->mesh);
+    return rc;
+}
+
+static int
 reload(struct lm_daemon *d, const char *trigger, json_t **result)
 {
     struct lm_diags diags = {0};
@@ -131,6 +149,10 @@ reload(struct lm_daemon *d, const char *trigger, json_t **result)
     lm_endpoints_reconfigure(d->endpoints, next);
     if (d->gateway)
         lm_gateway_reconfigure(d->gateway, next);
+    if (d->mesh)
+        lm_mesh_reconfigure(d->mesh, next);
+    else if (lm_mesh_enabled(next))
+        start_mesh(d, next); /* e.g. `labman join` gave a private node its first peer */
     if (d->cfg != d->boot_cfg)
         lm_config_free(d->cfg);
     d->cfg = next;
@@ -178,7 +200,31 @@ on_status(json_t *st, void *arg)
     json_object_set_new(st, "config_source",
                         json_string(d->cfg->path && *d->cfg->path ? "file" : "defaults"));
     json_object_set_new(st, "log_level", json_string(lm_log_level_name(lm_log_get_level())));
+    /* The mesh settings in effect (they change on reload): counts, not ids,
+     * so that a status poll stays small on a node with many peers. */
+    const struct lm_cfg_mesh *m = &d->cfg->mesh;
+    json_object_set_new(st, "mesh",
+                        json_pack("{s:s,s:I,s:I,s:I,s:I}", "trust", lm_config_trust_name(m->trust),
+                                  "trusted_peers", (json_int_t)m->trusted_peers.n,
+                                  "denied_peers", (json_int_t)m->denied_peers.n, "bootstrap",
+                                  (json_int_t)m->bootstrap.n, "advertise",
+                                  (json_int_t)m->advertise.n));
     json_object_set(st, "last_reload", d->last_reload);
+    lm_mesh_status(d->mesh, st);
+}
+
+static void
+route_peers(struct evhttp_request *req, void *arg)
+{
+    struct lm_daemon *d = arg;
+    lm_admin_reply_json(req, 200, lm_mesh_peers_json(d->mesh));
+}
+
+static void
+on_mesh_metrics(struct lm_buf *out, void *arg)
+{
+    struct lm_daemon *d = arg;
+    lm_mesh_metrics(d->mesh, out);
 }
 
 static void
@@ -272,6 +318,7 @@ on_stop_signal(evutil_socket_t sig, short what, void *arg)
     lm_admin_set_state(d->admin, LM_ADMIN_DRAINING);
     lm_admin_stop_listening(d->admin);
     lm_gateway_stop_listening(d->gateway);
+    lm_mesh_stop_listening(d->mesh);
     sd_notify(0, "STOPPING=1\nSTATUS=draining");
     d->drain_deadline_ms = lm_now_ms() + (uint64_t)d->grace_s * 1000;
     log_info("%s: stopped accepting; draining %u request(s) for up to %d s", strsignal((int)sig),
@@ -376,6 +423,11 @@ lm_daemon_start(struct lm_daemon *d, struct lm_config *cfg, const char *path, bo
     lm_admin_add_metrics(d->admin, on_endpoints_metrics, d);
     lm_endpoints_on_first_round(d->endpoints, on_endpoints_checked, d);
 
+    lm_admin_route(d->admin, "/admin/v1/peers", EVHTTP_REQ_GET, route_peers, d);
+    lm_admin_add_metrics(d->admin, on_mesh_metrics, d);
+    if (lm_mesh_enabled(cfg) && (rc = start_mesh(d, cfg)) < 0)
+        return rc;
+
     if (cfg->node.roles & LM_ROLE_GATEWAY) {
         struct lm_gateway_deps gd = {
             .base = d->base,
@@ -390,6 +442,7 @@ lm_daemon_start(struct lm_daemon *d, struct lm_config *cfg, const char *path, bo
             log_error("%s", err);
             return rc;
         }
+        lm_gateway_set_mesh(d->gateway, d->mesh);
     }
 
     if (cfg->n_endpoints == 0)
@@ -425,6 +478,7 @@ lm_daemon_free(struct lm_daemon *d)
         event_free(d->drain_timer);
     /* The gateway first: its requests hold endpoint slots and upstream requests. */
     lm_gateway_free(d->gateway);
+    lm_mesh_free(d->mesh);
     lm_endpoints_free(d->endpoints);
     lm_upstream_free(d->upstream);
     lm_admin_free(d->admin);

@@ -14,6 +14,7 @@
 #include "endpoints/endpoints.h"
 #include "gateway/gateway.h"
 #include "identity/identity.h"
+#include "mesh/mesh.h"
 #include "upstream/upstream.h"
 
 #define LM_DAEMON_GRACE_S 10
@@ -29,6 +30,7 @@ struct lm_daemon {
     struct lm_upstream *upstream;   /* one libcurl multi for probes and requests */
     struct lm_endpoints *endpoints; /* the local runtimes */
     struct lm_gateway *gateway;     /* the OpenAI API; NULL without the gateway role */
+    struct lm_mesh *mesh;           /* labnet; NULL while lm_mesh_enabled is false */
 
     struct event *sig_term, *sig_int, *sig_hup, *drain_timer;
     int grace_s;
