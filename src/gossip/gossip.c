@@ -232,8 +232,9 @@ static const struct field model_fields[] = {
     {"queue", F_INT, false, NULL},       {NULL, 0, false, NULL},
 };
 static const struct field price_fields[] = {
-    {"model", F_STR, true, NULL},      {"per_1k_in", F_NUM, false, NULL},
-    {"per_1k_out", F_NUM, false, NULL}, {"currency", F_STR, false, NULL},
+    /* Money: a decimal string (exact, as labman sends it) or a number. */
+    {"model", F_STR, true, NULL},      {"per_1k_in", F_SCALAR, false, NULL},
+    {"per_1k_out", F_SCALAR, false, NULL}, {"currency", F_STR, false, NULL},
     {NULL, 0, false, NULL},
 };
 static const struct field payout_fields[] = {

@@ -20,6 +20,7 @@
 #define CHUNK_MAX (64u * 1024)   /* payload of one PROXY_CHUNK we send */
 #define TAIL_MAX 512             /* answer bytes kept to find usage split across chunks */
 #define CONNECT_TIMEOUT_MS 5000
+#define RTT_STEP_MS 10
 
 /* --- both sides: frames onto a stream ----------------------------------------------------- */
 
@@ -951,10 +952,14 @@ price_of(json_t *caps, const char *model)
     json_t *pr;
     json_array_foreach(json_object_get(caps, "prices"), i, pr) {
         const char *glob = json_string_value(json_object_get(pr, "model"));
-        const char *out = json_string_value(json_object_get(pr, "per_1k_out"));
+        json_t *out = json_object_get(pr, "per_1k_out");
         lm_micros v;
-        if (glob && out && fnmatch(glob, model, 0) == 0 && lm_config_micros_parse(out, &v) == 0)
+        if (!glob || fnmatch(glob, model, 0) != 0)
+            continue;
+        if (json_is_string(out) && lm_config_micros_parse(json_string_value(out), &v) == 0)
             return v;
+        if (json_is_number(out) && json_number_value(out) >= 0 && json_number_value(out) < 1e9)
+            return (lm_micros)(json_number_value(out) * 1e6);
     }
     return INT64_MAX;
 }
@@ -995,12 +1000,14 @@ consider(void *arg, const struct lm_gossip_record *r)
     if (!found)
         return;
     int rtt = lm_yamux_ping_rtt_ms(p->conn->mux);
-    /* Smaller is better, compared in order. */
+    /* Smaller is better, compared in order. RTT counts in steps of
+     * RTT_STEP_MS: a few ms of jitter between two nodes in the same place
+     * says nothing, and must not outweigh their prices. */
     int64_t key[5] = {
         json_integer_value(json_object_get(found, "slots_free")) > 0 ? 0 : 1,
         json_is_true(json_object_get(found, "loaded")) ? 0 : 1,
         (int64_t)p->req_fails,
-        rtt >= 0 ? rtt : 1000,
+        (rtt >= 0 ? rtt : 1000) / RTT_STEP_MS,
         price_of(r->body, k->model),
     };
     if (k->best) {

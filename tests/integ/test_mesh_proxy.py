@@ -49,7 +49,7 @@ def strip_ids(payload):
     return o
 
 
-def mesh(tmp_path, procs, providers=1, provider_extra=(), flavor="openai"):
+def mesh(tmp_path, procs, providers=1, provider_extra=(), flavor="openai", extras=None):
     """Gateway G (no runtime) and providers P1..Pn, each with a devllm;
     every node trusts every other; all bootstrap to G."""
     g = Node(tmp_path, "gw")
@@ -57,10 +57,11 @@ def mesh(tmp_path, procs, providers=1, provider_extra=(), flavor="openai"):
     rts = [devllm(procs, tmp_path, *provider_extra, flavor=flavor) for _ in ps]
     ids = [g.id] + [p.id for p in ps]
     g.write(trusted=[x for x in ids if x != g.id], roles=("gateway",))
-    for p, (port, _) in zip(ps, rts):
+    for i, (p, (port, _)) in enumerate(zip(ps, rts)):
         p.write(trusted=[x for x in ids if x != p.id], bootstrap=[g],
                 roles=("gateway", "provider"),
-                endpoints=[{"name": "rt", "port": port, "kind": flavor}], route="local_only")
+                endpoints=[{"name": "rt", "port": port, "kind": flavor}], route="local_only",
+                extra=extras[i] if extras else "")
     g.start(procs)
     for p in ps:
         p.start(procs)
@@ -234,3 +235,24 @@ def test_through_a_relay(tmp_path, procs):
     st, _, m = http("GET", f"http://127.0.0.1:{r.admin}/metrics")
     assert re.search(rb"labman_mesh_circuits_total [1-9]", m), m
     assert "relaying" in r.log()
+
+
+def test_the_cheaper_provider_wins_and_a_restarted_one_rejoins(tmp_path, procs):
+    prices = ['[[prices]]\nmodel = "*"\nper_1k_in = "0.001"\nper_1k_out = "0.009"\n',
+              '[[prices]]\nmodel = "llama*"\nper_1k_in = "0.001"\nper_1k_out = "0.002"\n']
+    g, (dear, cheap), _ = mesh(tmp_path, procs, providers=2, extras=prices)
+    for _ in range(4):
+        st, hdr, b = post(g.gw, "/v1/chat/completions", chat())
+        assert st == 200, b
+        assert hdr["X-Labman-Node"] == cheap.name
+    # The cheap one goes away: the other serves; it comes back: it serves again.
+    cheap.proc.stop()
+    wait_for(lambda: cheap.id not in g.connected(), what="G noticing the provider left")
+    st, hdr, b = post(g.gw, "/v1/chat/completions", chat())
+    assert st == 200 and hdr["X-Labman-Node"] == dear.name, b
+    cheap.start(procs)
+    wait_for(lambda: cheap.id in g.connected(), timeout=15, what="the provider rejoining")
+    def served_by_cheap():
+        st, hdr, _ = post(g.gw, "/v1/chat/completions", chat())
+        return st == 200 and hdr["X-Labman-Node"] == cheap.name
+    wait_for(served_by_cheap, timeout=10, what="requests going to the rejoined provider")
