@@ -429,6 +429,7 @@ learn_record(struct lm_mesh *m, const struct lm_gossip_record *r)
 
 static void
 strike(struct conn *c, enum rej why, const char *fmt, ...) LM_PRINTF(3, 4);
+static void misbehaved(struct conn *c, const char *fmt, ...) LM_PRINTF(2, 3);
 
 static void
 strike(struct conn *c, enum rej why, const char *fmt, ...)
@@ -443,7 +444,31 @@ strike(struct conn *c, enum rej why, const char *fmt, ...)
     log_warn("%s: rejected: %s", lm_mesh_who_(c), msg);
     send_error(c, rej_names[why], msg);
     if (c->strikes >= STRIKES_MAX)
-        lm_mesh_conn_close_(c, "%u rejected frames: dropped", c->strikes);
+        misbehaved(c, "%u rejected frames", c->strikes);
+}
+
+/* Drops c and keeps its peer out for a while, doubling with each offence
+ * (BAN_BASE_MS .. BAN_MAX_MS), so that a peer that floods or sends garbage
+ * cannot come straight back and do it again. */
+static void
+misbehaved(struct conn *c, const char *fmt, ...)
+{
+    char why[200];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof(why), fmt, ap);
+    va_end(ap);
+    struct peer *p = c->peer;
+    if (p) {
+        p->offences++;
+        uint64_t ms = BAN_BASE_MS << (p->offences < 8 ? p->offences - 1 : 7);
+        p->banned_until_ms = lm_now_ms() + (ms < BAN_MAX_MS ? ms : BAN_MAX_MS);
+        p->next_dial_ms = p->banned_until_ms;
+        lm_mesh_conn_close_(c, "%s: dropped, refused for %llu s", why,
+                            (unsigned long long)((p->banned_until_ms - lm_now_ms()) / 1000));
+    } else {
+        lm_mesh_conn_close_(c, "%s: dropped", why);
+    }
 }
 
 static enum rej
@@ -589,7 +614,7 @@ on_frame(struct conn *c, const struct lm_frame *f)
     c->frames_in++;
     if (!rate_ok(c)) {
         c->m->rejected[REJ_FLOOD]++;
-        lm_mesh_conn_close_(c, "more than %d frames/s: dropped", FRAME_RATE);
+        misbehaved(c, "more than %d frames/s", FRAME_RATE);
         return;
     }
     if (!c->hello_got && f->type != LM_FRAME_HELLO) {
@@ -659,7 +684,7 @@ ctl_data(struct lm_yamux_stream *st, const void *data, size_t n, void *arg)
         } else if (rc == -EMSGSIZE) {
             c->m->rejected[REJ_TOO_LARGE]++;
             send_error(c, "frame_too_large", "frame over the 1 MiB cap");
-            lm_mesh_conn_close_(c, "sent a frame over the cap on the control stream");
+            misbehaved(c, "a frame over the cap on the control stream");
         } else if (rc < 0) {
             c->m->rejected[REJ_MALFORMED]++;
             lm_mesh_conn_close_(c, "broken framing on the control stream");
@@ -819,6 +844,12 @@ tls_ready(struct conn *c)
     struct peer *p = peer_get(m, c->id);
     if (!p) {
         lm_mesh_conn_close_(c, "too many peers known (%d)", PEERS_MAX);
+        return;
+    }
+    if (p->banned_until_ms > lm_now_ms()) {
+        m->rejected[REJ_BANNED]++;
+        lm_mesh_conn_close_(c, "refused: misbehaved, kept out for %llu s more",
+                            (unsigned long long)((p->banned_until_ms - lm_now_ms()) / 1000));
         return;
     }
     if (p->conn && !p->conn->dead) {

@@ -19,6 +19,8 @@
 #define CTL_QUEUE_CAP (8u << 20)  /* control frames waiting for the stream's window */
 #define HELLO_TIMEOUT_MS 10000
 #define FANOUT 3
+#define BAN_BASE_MS 30000         /* a misbehaving peer is refused this long, doubling */
+#define BAN_MAX_MS (30u * 60u * 1000u)
 #define STRIKES_MAX 5             /* bad frames from one connection before it is dropped */
 #define BACKOFF_BASE_MS 1000
 #define BACKOFF_MAX_MS 60000
@@ -46,6 +48,8 @@ struct peer {
     struct conn *dialing;     /* a connection we are opening to it */
     unsigned fails;           /* dials in a row that failed */
     unsigned req_fails;       /* requests to it that failed lately (halved on success) */
+    unsigned offences;        /* times it was dropped for misbehaving */
+    uint64_t banned_until_ms; /* monotonic: refused until then */
     uint64_t next_dial_ms;    /* monotonic */
     uint64_t last_seen_ms;    /* wall clock; 0 never */
     char relays[4][LM_NODE_ID_LEN + 1]; /* relays it is reachable through, from its record */
@@ -77,6 +81,13 @@ struct conn {
     struct conn *next;
 };
 
+/* Reasons a frame or a connection was refused, for labman_mesh_rejected_total. */
+enum rej { REJ_SIGNATURE, REJ_MALFORMED, REJ_STALE, REJ_REPLAY, REJ_TOO_LARGE, REJ_UNTRUSTED,
+           REJ_FLOOD, REJ_FORGED, REJ_BANNED, REJ_N };
+static const char *const rej_names[REJ_N] = {"bad_signature", "malformed", "stale", "replayed",
+                                             "too_large", "untrusted", "flood", "forged",
+                                             "banned"};
+
 struct lm_mesh {
     struct event_base *base;
     struct lm_upstream *upstream;
@@ -98,7 +109,7 @@ struct lm_mesh {
     uint8_t digest_cursor[LM_IDENTITY_PK_BYTES];
     char *caps_text; /* the capabilities body published last */
     char listen_addr[160];
-    uint64_t rejected[8];
+    uint64_t rejected[REJ_N];
     struct lm_mesh_req *reqs; /* ours, in flight */
     struct serve *serving;    /* other nodes', in flight */
     struct splice *splices;   /* circuits this relay carries */
@@ -107,11 +118,6 @@ struct lm_mesh {
     uint64_t proxy_sent, proxy_ok, proxy_failed, served, served_ok;
 };
 
-/* Reasons a frame or a connection was refused, for labman_mesh_rejected_total. */
-enum rej { REJ_SIGNATURE, REJ_MALFORMED, REJ_STALE, REJ_REPLAY, REJ_TOO_LARGE, REJ_UNTRUSTED,
-           REJ_FLOOD, REJ_FORGED, REJ_N };
-static const char *const rej_names[REJ_N] = {"bad_signature", "malformed", "stale", "replayed",
-                                             "too_large", "untrusted", "flood", "forged"};
 
 
 /* mesh.c */
