@@ -880,6 +880,7 @@ static void
 bev_event(struct bufferevent *bev, short what, void *arg)
 {
     struct conn *c = arg;
+    int sys_errno = errno;
     if (what & BEV_EVENT_CONNECTED) {
         tls_ready(c);
         if (!c->dead && evbuffer_get_length(bufferevent_get_input(bev)))
@@ -891,8 +892,15 @@ bev_event(struct bufferevent *bev, short what, void *arg)
         snprintf(why, sizeof(why), "timed out%s", c->tls_ok ? "" : " in the TLS handshake");
     else if (what & BEV_EVENT_EOF)
         snprintf(why, sizeof(why), "closed by the peer");
-    else
+    else {
         lm_tls_describe(NULL, bev, why, sizeof(why));
+        /* A dial whose name or connect() failed at once (no route to the host):
+         * libevent closed the socket before any TLS; only errno says why. */
+        int dns = bufferevent_socket_get_dns_error(bev);
+        if (c->dialed && !c->via[0] && bufferevent_getfd(bev) < 0 && (dns || sys_errno))
+            snprintf(why, sizeof(why), "cannot %s: %s", dns ? "resolve" : "connect",
+                     dns ? evutil_gai_strerror(dns) : strerror(sys_errno));
+    }
     lm_mesh_conn_close_(c, "%s", why);
 }
 

@@ -24,8 +24,9 @@ def make_identity(data_dir):
 
 
 class Node:
-    def __init__(self, tmp_path, name):
+    def __init__(self, tmp_path, name, host="127.0.0.1"):
         self.name = name
+        self.host = host  # the mesh listens, advertises and is dialed here
         self.dir = tmp_path / name
         self.data = str(self.dir / "data")
         self.id = make_identity(self.data)
@@ -38,7 +39,7 @@ class Node:
 
     def write(self, trusted=(), bootstrap=(), trust="private", denied=(), extra="",
               roles=("provider",), endpoints=(), route="prefer_local", advertise=None,
-              listen_host="127.0.0.1"):
+              listen_host=None):
         def arr(v):
             return "[" + ", ".join(f'"{x}"' for x in v) + "]"
         eps = "".join(f'[[endpoints]]\nname = "{e["name"]}"\nurl = "http://127.0.0.1:{e["port"]}"\n'
@@ -47,7 +48,8 @@ class Node:
         gw = (f'[gateway]\nlisten = "127.0.0.1:{self.gw}"\nroute = "{route}"\n'
               if "gateway" in roles else "")
         self.has_gw = "gateway" in roles
-        adv = [f"127.0.0.1:{self.mesh}"] if advertise is None else advertise
+        listen_host = listen_host or self.host
+        adv = [f"{self.host}:{self.mesh}"] if advertise is None else advertise
         with open(self.cfg, "w") as f:
             f.write(
                 f'[node]\nname = "{self.name}"\ndata_dir = "{self.data}"\n'
@@ -62,7 +64,7 @@ class Node:
                 f'gossip_interval_ms = 200\n{extra}')
 
     def boot(self):
-        return f"{self.id}@127.0.0.1:{self.mesh}"
+        return f"{self.id}@{self.host}:{self.mesh}"
 
     def start(self, procs):
         self.proc = Proc([binpath("labmand"), "-c", self.cfg],
