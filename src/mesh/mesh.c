@@ -96,6 +96,10 @@ reap_cb(evutil_socket_t fd, short what, void *arg)
     (void)what;
     struct conn *c = arg;
     struct lm_mesh *m = c->m;
+    if (c->bev) { /* still lingering: shutting down */
+        bufferevent_free(c->bev);
+        c->bev = NULL;
+    }
     for (struct conn **pp = &m->conns; *pp; pp = &(*pp)->next) {
         if (*pp == c) {
             *pp = c->next;
@@ -149,6 +153,37 @@ dial_failed(struct lm_mesh *m, struct peer *p)
         lm_peerstore_mark_fail(m->store, p->id, (int64_t)lm_wall_ms());
 }
 
+/* A closed connection's socket, once its last bytes have gone out. */
+static void
+linger_end(struct conn *c)
+{
+    if (c->bev) {
+        bufferevent_setcb(c->bev, NULL, NULL, NULL, NULL);
+        bufferevent_free(c->bev);
+        c->bev = NULL;
+    }
+    event_active(c->reap, 0, 0);
+}
+
+static void
+linger_written(struct bufferevent *bev, void *arg)
+{
+    /* libevent may call this before anything went out (a write callback
+     * already due for earlier bytes): only an empty buffer is the end. */
+    if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+        linger_end(arg);
+}
+
+static void
+linger_event(struct bufferevent *bev, short what, void *arg)
+{
+    char why[300] = "timed out";
+    if (!(what & BEV_EVENT_TIMEOUT))
+        lm_tls_describe(NULL, bev, why, sizeof(why)); /* also clears OpenSSL's errors */
+    log_debug("%s: its last bytes were not sent: %s", lm_mesh_who_(arg), why);
+    linger_end(arg);
+}
+
 void
 lm_mesh_conn_close_(struct conn *c, const char *fmt, ...)
 {
@@ -189,6 +224,17 @@ lm_mesh_conn_close_(struct conn *c, const char *fmt, ...)
     }
     lm_yamux_free(c->mux);
     c->mux = NULL;
+    size_t queued = c->bev ? evbuffer_get_length(bufferevent_get_output(c->bev)) : 0;
+    if (queued > 0 && queued <= LINGER_MAX && !c->carrier) {
+        /* The ERROR that says why (frame_too_large, the last strike) is
+         * queued: let it out before the socket goes, reading nothing more. */
+        struct timeval tv = {LINGER_MS / 1000, (LINGER_MS % 1000) * 1000};
+        bufferevent_disable(c->bev, EV_READ);
+        bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
+        bufferevent_set_timeouts(c->bev, NULL, &tv);
+        bufferevent_setcb(c->bev, NULL, linger_written, linger_event, c);
+        return; /* reaped by linger_end */
+    }
     if (c->bev) {
         bufferevent_setcb(c->bev, NULL, NULL, NULL, NULL);
         bufferevent_free(c->bev);
@@ -796,6 +842,13 @@ bev_read(struct bufferevent *bev, void *arg)
             lm_mesh_conn_close_(c, "yamux: %s", strerror(-rc));
             return;
         }
+        /* Input makes output on its own (yamux Ping answers, window
+         * updates): a peer that sends but never reads is bounded here. */
+        if (evbuffer_get_length(bufferevent_get_output(bev)) > OUT_CAP) {
+            c->m->rejected[REJ_FLOOD]++;
+            lm_mesh_conn_close_(c, "not reading: over %u MiB queued for it", OUT_CAP >> 20);
+            return;
+        }
     }
 }
 
@@ -888,6 +941,8 @@ bev_event(struct bufferevent *bev, short what, void *arg)
         return;
     }
     char why[300];
+    if (!c->tls_ok && !c->dialed)
+        c->m->rejected[REJ_HANDSHAKE]++;
     if (what & BEV_EVENT_TIMEOUT)
         snprintf(why, sizeof(why), "timed out%s", c->tls_ok ? "" : " in the TLS handshake");
     else if (what & BEV_EVENT_EOF)

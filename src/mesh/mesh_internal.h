@@ -18,6 +18,8 @@
 #define OUT_CAP (16u << 20)       /* TLS bytes queued to a peer before it counts as stalled */
 #define CTL_QUEUE_CAP (8u << 20)  /* control frames waiting for the stream's window */
 #define HELLO_TIMEOUT_MS 10000
+#define LINGER_MS 2000            /* a closed connection's last bytes (an ERROR) may take this */
+#define LINGER_MAX (64u << 10)    /* and be this many; more is not worth waiting for */
 #define FANOUT 3
 #define BAN_BASE_MS 30000         /* a misbehaving peer is refused this long, doubling */
 #define BAN_MAX_MS (30u * 60u * 1000u)
@@ -81,12 +83,15 @@ struct conn {
     struct conn *next;
 };
 
-/* Reasons a frame or a connection was refused, for labman_mesh_rejected_total. */
+/* Reasons a frame or a connection was refused, for labman_mesh_rejected_total.
+ * handshake: an accepted connection whose TLS handshake failed (not TLS, no
+ * or another ALPN, no or a bad certificate, silence); banned: a peer kept out
+ * for a while after it misbehaved. */
 enum rej { REJ_SIGNATURE, REJ_MALFORMED, REJ_STALE, REJ_REPLAY, REJ_TOO_LARGE, REJ_UNTRUSTED,
-           REJ_FLOOD, REJ_FORGED, REJ_BANNED, REJ_N };
+           REJ_FLOOD, REJ_FORGED, REJ_HANDSHAKE, REJ_BANNED, REJ_N };
 static const char *const rej_names[REJ_N] = {"bad_signature", "malformed", "stale", "replayed",
                                              "too_large", "untrusted", "flood", "forged",
-                                             "banned"};
+                                             "handshake", "banned"};
 
 struct lm_mesh {
     struct event_base *base;
