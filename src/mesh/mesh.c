@@ -725,6 +725,9 @@ ctl_data(struct lm_yamux_stream *st, const void *data, size_t n, void *arg)
         int rc = lm_frame_reader_feed(&c->rd, p, left, &used, &f);
         p += used;
         left -= used;
+        /* Every control frame is capped at 1 MiB, PROXY_REQUEST-typed ones too. */
+        if (rc == 0 && c->rd.need > LM_FRAME_MAX + LM_FRAME_LEN_BYTES)
+            rc = -EMSGSIZE;
         if (rc == 1) {
             on_frame(c, &f);
         } else if (rc == -EMSGSIZE) {

@@ -73,6 +73,7 @@ struct conn {
     char addr[160];
     char via[LM_NODE_ID_LEN + 1]; /* through this relay; "" for a direct connection */
     struct carrier *carrier;      /* the relayed stream under bev, when via */
+    size_t req_pending;           /* bytes of PROXY_REQUESTs not complete yet (proxy.c) */
     bool dialed, tls_ok, hello_sent, hello_got, dead;
     uint64_t started_ms, up_ms; /* monotonic */
     uint64_t bytes_in, bytes_out, frames_in;

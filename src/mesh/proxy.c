@@ -21,6 +21,7 @@
 #define TAIL_MAX 512             /* answer bytes kept to find usage split across chunks */
 #define CONNECT_TIMEOUT_MS 5000
 #define RTT_STEP_MS 10
+#define REQ_PENDING_MAX (8u << 20) /* request bytes still arriving, per connection */
 
 /* --- both sides: frames onto a stream ----------------------------------------------------- */
 
@@ -429,8 +430,18 @@ struct serve {
     uint64_t prompt_tokens, completion_tokens;
     char finish[32];
     uint64_t t0_us, t_first_us;
+    size_t pending; /* bytes of the request taken before it was complete */
     struct serve *next; /* m->serving */
 };
+
+/* The request is complete, or the stream goes: its bytes no longer count
+ * against the connection's budget for requests still arriving. */
+static void
+unpend(struct serve *s)
+{
+    s->c->req_pending -= s->pending;
+    s->pending = 0;
+}
 
 static void
 serve_unlink(struct serve *s)
@@ -446,6 +457,7 @@ serve_unlink(struct serve *s)
 static void
 serve_free(struct serve *s, enum lm_outcome outcome)
 {
+    unpend(s);
     if (s->ureq) {
         lm_upstream_cancel(s->ureq);
         s->ureq = NULL;
@@ -510,8 +522,14 @@ serve_error(struct serve *s, const char *code, bool retryable, int64_t retry_aft
         serve_send(s, &b);
     lm_buf_release(&b);
     serve_end(s);
-    log_info("mesh request %s from %.12s: %s: %s", s->request_id[0] ? s->request_id : "-",
-             s->from, code, msg);
+    /* Busy or missing is the provider's state; the rest is the peer's doing. */
+    if (strcmp(code, "overloaded") == 0 || strcmp(code, "model_not_available") == 0 ||
+        strcmp(code, "upstream_error") == 0 || strcmp(code, "timeout") == 0)
+        log_info("mesh request %s from %.12s: %s: %s", s->request_id[0] ? s->request_id : "-",
+                 s->from, code, msg);
+    else
+        log_warn("mesh request %s from %.12s: refused: %s: %s",
+                 s->request_id[0] ? s->request_id : "-", s->from, code, msg);
 }
 
 /* Usage and finish_reason as the answer goes by, from a sliding tail so a
@@ -668,6 +686,7 @@ serve_start(struct serve *s, const struct lm_frame *f)
     json_t *j = NULL;
     struct lm_frame_problem why;
     s->started = true;
+    unpend(s);
     if (lm_frame_check(f, m->replay, lm_wall_ms(), 0, &j, &why) != 0) {
         m->rejected[strcmp(why.code, LM_FRAME_E_REPLAYED) == 0   ? REJ_REPLAY
                     : strcmp(why.code, LM_FRAME_E_STALE) == 0    ? REJ_STALE
@@ -775,6 +794,18 @@ serve_data(struct lm_yamux_stream *st, const void *data, size_t n, void *arg)
         int rc = lm_frame_reader_feed(&s->rd, p, left, &used, &f);
         p += used;
         left -= used;
+        if (!s->started) {
+            /* Up to 4 MiB per request and many streams: a peer could make us
+             * hold far more than that in requests that never complete. */
+            s->pending += used;
+            s->c->req_pending += used;
+            if (rc != 1 && s->c->req_pending > REQ_PENDING_MAX) {
+                serve_error(s, "overloaded", true, 1000,
+                            "over %u MiB of requests arriving at once on this connection",
+                            REQ_PENDING_MAX >> 20);
+                break;
+            }
+        }
         if (rc == 1) {
             if (!s->started && f.type == LM_FRAME_PROXY_REQUEST) {
                 serve_start(s, &f);

@@ -249,7 +249,8 @@ def test_replayed_proxy_request_is_refused(net):
     assert [f.type for f in frames] == [labnet.PROXY_ERROR], frames
     e = frames[0].json()
     assert e["code"] == "bad_request" and "seen already" in e["message"]
-    net.logged(r"mesh request \S+ from \w+: bad_request: PROXY_REQUEST refused: .*seen already")
+    net.logged(r"mesh request \S+ from \w+: refused: bad_request: "
+               r"PROXY_REQUEST refused: .*seen already")
     assert net.rejected()["replayed"] == before["replayed"] + 1
     # A request signed by h2 on h's connection: forged.
     frames, _ = c.request(net.h2.frame(labnet.PROXY_REQUEST, labnet.proxy_request(
@@ -307,6 +308,38 @@ def test_oversized_proxy_request_is_refused_on_its_stream(net):
                                       labnet.proxy_request(net.h, net.v.id, MODEL, CHAT)))
     assert frames and frames[-1].type == labnet.PROXY_END, frames
     assert not c.closed
+    net.undisturbed()
+
+
+def test_request_typed_frame_on_the_control_stream_is_capped_at_1_mib(net):
+    c = net.dial()
+    before = net.rejected()
+    c.send_frame(labnet.struct.pack(">IBB", labnet.FRAME_MAX + 1, labnet.PROXY_REQUEST,
+                                    labnet.SIGNED))
+    assert c.expect(is_error("frame_too_large")) is not None
+    assert c.wait_closed()
+    assert net.rejected()["too_large"] == before["too_large"] + 1
+    net.undisturbed()
+
+
+def test_requests_that_never_complete_are_bounded_per_connection(net):
+    """Three streams each start a 4 MiB request and never finish it: past
+    8 MiB arriving at once the third is refused; the others, and the
+    connection, stay."""
+    c = net.dial()
+    part = labnet.struct.pack(">IBB", labnet.FRAME_MAX_REQUEST - 16, labnet.PROXY_REQUEST,
+                              labnet.SIGNED) + b"{" + b" " * (3500 << 10)
+    streams = [c.open_stream() for _ in range(3)]
+    for st in streams[:2]:
+        assert c.write(st, part)
+    c.write(streams[2], part)  # refused along the way: the window may not open fully
+    f = c.take(streams[2])
+    assert f is not None and f.type == labnet.PROXY_ERROR, f
+    assert f.json()["code"] == "overloaded" and f.json()["retryable"] is True
+    net.logged(r"over 8 MiB of requests arriving at once on this connection")
+    assert not c.closed
+    for st in streams[:2]:
+        c.reset_stream(st)
     net.undisturbed()
 
 
