@@ -1144,6 +1144,29 @@ route_path(enum gw_route r)
     }
 }
 
+/* A new attempt: nothing of the last one's answer is kept. */
+static void
+attempt_begin(struct gw_req *q)
+{
+    q->attempts++;
+    q->mode = MODE_NONE;
+    q->up_status = 0;
+    q->ctype[0] = '\0';
+    lm_buf_reset(&q->buf);
+    gw_sse_reset(&q->sse);
+    q->paused = false;
+}
+
+/* Streams must show a first event within first_token_timeout_s. */
+static void
+arm_first(struct gw_req *q, uint64_t now)
+{
+    uint64_t until = q->deadline_ms;
+    if (q->stream && now + q->g->first_token_timeout_ms < until)
+        until = now + q->g->first_token_timeout_ms;
+    arm(q, until);
+}
+
 static void
 start_upstream(struct gw_req *q)
 {
@@ -1155,13 +1178,7 @@ start_upstream(struct gw_req *q)
     scopy(q->label, sizeof(q->label), q->slot.model_id);
     if (q->n_skip < MAX_ATTEMPTS)
         q->skip[q->n_skip++] = ep;
-    q->attempts++;
-    q->mode = MODE_NONE;
-    q->up_status = 0;
-    q->ctype[0] = '\0';
-    lm_buf_reset(&q->buf);
-    gw_sse_reset(&q->sse);
-    q->paused = false;
+    attempt_begin(q);
 
     struct lm_upstream_opts o;
     memset(&o, 0, sizeof(o));
@@ -1194,11 +1211,7 @@ start_upstream(struct gw_req *q)
         attempt_failed(q, GW_FAIL_PROTOCOL, "cannot start the request: %s", strerror(-rc));
         return;
     }
-    /* Streams must show a first event within first_token_timeout_s. */
-    uint64_t until = q->deadline_ms;
-    if (q->stream && now + g->first_token_timeout_ms < until)
-        until = now + g->first_token_timeout_ms;
-    arm(q, until);
+    arm_first(q, now);
 }
 
 static const char *
@@ -1236,13 +1249,7 @@ start_remote(struct gw_req *q, const char *node_id, const char *name)
         scopy(q->label, sizeof(q->label), q->model);
     if (q->n_mskip < MAX_ATTEMPTS)
         snprintf(q->mskip[q->n_mskip++], sizeof(q->mskip[0]), "%s", node_id);
-    q->attempts++;
-    q->mode = MODE_NONE;
-    q->up_status = 0;
-    q->ctype[0] = '\0';
-    lm_buf_reset(&q->buf);
-    gw_sse_reset(&q->sse);
-    q->paused = false;
+    attempt_begin(q);
 
     struct lm_mesh_req_opts o = {
         .node_id = node_id,
@@ -1261,10 +1268,7 @@ start_remote(struct gw_req *q, const char *node_id, const char *name)
         attempt_failed(q, GW_FAIL_CONNECT, "cannot reach the provider: %s", strerror(-rc));
         return;
     }
-    uint64_t until = q->deadline_ms;
-    if (q->stream && now + g->first_token_timeout_ms < until)
-        until = now + g->first_token_timeout_ms;
-    arm(q, until);
+    arm_first(q, now);
 }
 
 /* The provider across the mesh to try now, if the route mode allows one. */
