@@ -111,7 +111,8 @@ struct lm_mesh {
     unsigned npeers;
     struct conn *conns;
     struct event *tick;
-    uint64_t next_digest_ms;
+    struct event *digest_ev;  /* every gossip_interval_ms: a digest to a random peer */
+    int digest_interval_ms;   /* the interval it is armed with */
     uint8_t digest_cursor[LM_IDENTITY_PK_BYTES];
     char *caps_text; /* the capabilities body published last */
     char listen_addr[160];

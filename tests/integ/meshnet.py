@@ -2,6 +2,8 @@
 admin, gateway and mesh ports on loopback, written as SPEC §3 TOML."""
 import json
 import os
+import random
+import socket
 import time
 
 from cryptography.hazmat.primitives import serialization
@@ -23,6 +25,34 @@ def make_identity(data_dir):
     return pk.hex()
 
 
+def quiet_ports(n):
+    """n free loopback ports below the kernel's ephemeral range: with many
+    nodes dialing each other, an outgoing connection of a node already up
+    could otherwise take a port that free_port() chose for a node not
+    started yet."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        low = int(f.read().split()[0])
+    rng = random.SystemRandom()
+    socks, ports = [], set()
+    try:
+        while len(ports) < n:
+            port = rng.randrange(10000, low)
+            if port in ports:
+                continue
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                s.close()
+                continue
+            socks.append(s)
+            ports.add(port)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 class Node:
     def __init__(self, tmp_path, name, host="127.0.0.1"):
         self.name = name
@@ -39,7 +69,7 @@ class Node:
 
     def write(self, trusted=(), bootstrap=(), trust="private", denied=(), extra="",
               roles=("provider",), endpoints=(), route="prefer_local", advertise=None,
-              listen_host=None):
+              listen_host=None, gossip_interval_ms=200):
         def arr(v):
             return "[" + ", ".join(f'"{x}"' for x in v) + "]"
         eps = "".join(f'[[endpoints]]\nname = "{e["name"]}"\nurl = "http://127.0.0.1:{e["port"]}"\n'
@@ -61,7 +91,9 @@ class Node:
                 f'trust = "{trust}"\ntrusted_peers = {arr(trusted)}\n'
                 f'denied_peers = {arr(denied)}\n'
                 f'bootstrap = {arr(b.boot() for b in bootstrap)}\n'
-                f'gossip_interval_ms = 200\n{extra}')
+                + (f'gossip_interval_ms = {gossip_interval_ms}\n'
+                   if gossip_interval_ms is not None else '')  # None: the default
+                + extra)
 
     def boot(self):
         return f"{self.id}@{self.host}:{self.mesh}"
