@@ -13,7 +13,7 @@
  *       each run opens CONNS more connections, one request on each, leaves them
  *       idle; per run: run=i conns= rss_before_kb= rss_after_kb= bytes_per_conn=
  *   loadgen sse  HOST PORT [--streams 512] [--max-tokens 250] [--tps 25]
- *                [--settle 1] [--seconds 6] [--runs K] [--pid P]
+ *                [--settle 1] [--seconds 6] [--runs K] [--pid P[,P...]]
  *       STREAMS streams kept open, each restarting on its connection when it
  *       ends; the first round is cut to staggered lengths so that afterwards
  *       streams end (and new ones start) evenly spread in time. Measured from
@@ -21,7 +21,11 @@
  *       max_gap_ms= worst_delay_ms= ttft_n= ttft_p50_us= ttft_p99_us= cpu_pct=
  *       errors= — worst_delay is the longest gap between two events of a stream
  *       minus the expected 1000/TPS ms. --ttft-out FILE appends every TTFT
- *       sample (µs, one a line), so that runs can be pooled.
+ *       sample (µs, one a line), so that runs can be pooled. Several
+ *       comma-separated --pid (a proxy made of several processes: a mesh's
+ *       gateway, relay and provider nodes): cpu_pct= is their sum,
+ *       cpu_pct_each= each one's, cpu_us_per_event= the sum ÷ events. (rps
+ *       and idle watch the first.)
  *
  * Any error (connect, non-200, malformed answer) is counted in errors=. */
 #define _GNU_SOURCE
@@ -46,7 +50,10 @@
 static struct sockaddr_in addr;
 static const char *host;
 static const char *model = "llama3.2:1b";
-static int pid = 0;
+static int pid = 0;   /* the watched process: the first --pid */
+#define MAX_PIDS 8
+static int pids[MAX_PIDS]; /* sse: every --pid, pids[0] == pid */
+static int npids;
 
 static uint64_t
 now_us(void)
@@ -58,10 +65,10 @@ now_us(void)
 
 /* utime+stime of the watched process (all its threads), in clock ticks. */
 static long long
-cpu_ticks(void)
+cpu_ticks_of(int which)
 {
     char path[64], buf[1024];
-    snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+    snprintf(path, sizeof(path), "/proc/%d/stat", which);
     FILE *f = fopen(path, "r");
     if (!f)
         return -1;
@@ -83,6 +90,12 @@ cpu_ticks(void)
     if (sscanf(p, "%lld %lld", &ut, &st) != 2)
         return -1;
     return ut + st;
+}
+
+static long long
+cpu_ticks(void)
+{
+    return cpu_ticks_of(pid);
 }
 
 static long
@@ -737,7 +750,7 @@ mode_sse(int streams, double settle, double seconds, int tps, int runs)
          * staggered, so that streams end (and restart) evenly spread in time. */
         uint64_t ramp = expected_gap ? expected_gap : 40000;
         int started = 0;
-        long long t0 = -1, t1 = -1;
+        long long t0 = -1, t1 = -1, t0s[MAX_PIDS] = {0}, t1s[MAX_PIDS] = {0};
         for (;;) {
             uint64_t t = now_us();
             while (started < streams && t >= start + ramp * (uint64_t)started / (uint64_t)streams) {
@@ -746,8 +759,11 @@ mode_sse(int streams, double settle, double seconds, int tps, int runs)
                     st.errors++;
                 started++;
             }
-            if (t0 < 0 && t >= st.settle && pid)
-                t0 = cpu_ticks();
+            if (t0 < 0 && t >= st.settle && pid) {
+                t0 = 0;
+                for (int i = 0; i < npids; i++)
+                    t0 += t0s[i] = cpu_ticks_of(pids[i]);
+            }
             if (t >= st.end)
                 break;
             int n = epoll_wait(ep, evs, 256, started < streams ? 1 : 5);
@@ -792,8 +808,11 @@ mode_sse(int streams, double settle, double seconds, int tps, int runs)
                     st.errors++;
             }
         }
-        if (pid)
-            t1 = cpu_ticks();
+        if (pid) {
+            t1 = 0;
+            for (int i = 0; i < npids; i++)
+                t1 += t1s[i] = cpu_ticks_of(pids[i]);
+        }
         /* drain: close and reopen every connection so the next run starts clean */
         for (int i = 0; i < streams; i++) {
             epoll_ctl(ep, EPOLL_CTL_DEL, cs[i].fd, NULL);
@@ -826,8 +845,16 @@ mode_sse(int streams, double settle, double seconds, int tps, int runs)
                st.nttft, (unsigned long long)pct(st.ttft, st.nttft, 0.50),
                (unsigned long long)pct(st.ttft, st.nttft, 0.99),
                (unsigned long long)st.completed, (unsigned long long)st.errors);
-        if (pid)
+        if (pid) {
             printf(" cpu_pct=%.2f", (double)(t1 - t0) / (double)hz / win * 100.0);
+            if (st.events)
+                printf(" cpu_us_per_event=%.3f",
+                       (double)(t1 - t0) / (double)hz * 1e6 / (double)st.events);
+            if (npids > 1)
+                for (int i = 0; i < npids; i++)
+                    printf("%s%.2f", i ? "," : " cpu_pct_each=",
+                           (double)(t1s[i] - t0s[i]) / (double)hz / win * 100.0);
+        }
         printf("\n");
         fflush(stdout);
         free(st.ttft);
@@ -870,9 +897,14 @@ main(int argc, char **argv)
             warmup = atol(v);
         else if (!strcmp(o, "--runs"))
             runs = atoi(v);
-        else if (!strcmp(o, "--pid"))
-            pid = atoi(v);
-        else if (!strcmp(o, "--streams"))
+        else if (!strcmp(o, "--pid")) {
+            for (const char *q = v; q && npids < MAX_PIDS; q = strchr(q, ',')) {
+                if (*q == ',')
+                    q++;
+                pids[npids++] = atoi(q);
+            }
+            pid = pids[0];
+        } else if (!strcmp(o, "--streams"))
             streams = atoi(v);
         else if (!strcmp(o, "--max-tokens"))
             sse_max_tokens = atoi(v);

@@ -4,6 +4,8 @@
 #include "mesh/mesh.h"
 
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -278,7 +280,10 @@ mux_send(const void *data, size_t n, void *arg)
     if (c->dead || !c->bev)
         return;
     c->bytes_out += n;
-    bufferevent_write(c->bev, data, n);
+    if (c->carrier)
+        lm_mesh_carrier_send_(c->carrier, data, n);
+    else
+        bufferevent_write(c->bev, data, n);
 }
 
 static void
@@ -982,6 +987,14 @@ bev_event(struct bufferevent *bev, short what, void *arg)
     struct conn *c = arg;
     int sys_errno = errno;
     if (what & BEV_EVENT_CONNECTED) {
+        /* No Nagle: an SSE event is one small TLS record, and held back
+         * behind an unacknowledged one it would wait for the peer's delayed
+         * ACK (40 ms here). A relayed connection has no socket of its own
+         * (fd -1); the relay's connections carry it. */
+        evutil_socket_t fd = bufferevent_getfd(bev);
+        int one = 1;
+        if (fd >= 0)
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         tls_ready(c);
         if (!c->dead && evbuffer_get_length(bufferevent_get_input(bev)))
             bev_read(bev, c);

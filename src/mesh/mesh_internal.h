@@ -148,6 +148,8 @@ void lm_mesh_circuit_accept_(struct conn *c, struct lm_yamux_stream *st, json_t 
 /* Dials p through one of its relays that this node is connected to. */
 int lm_mesh_circuit_dial_(struct lm_mesh *m, struct peer *p);
 void lm_mesh_carrier_free_(struct carrier *k);
+/* The inner connection's bytes onto the relayed stream, in order. */
+void lm_mesh_carrier_send_(struct carrier *k, const void *data, size_t n);
 void lm_mesh_relay_free_all_(struct lm_mesh *m);
 unsigned lm_mesh_splices_(const struct lm_mesh *m);
 

@@ -6,6 +6,7 @@
 #define LM_LOG_MODULE "mesh"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <fnmatch.h>
@@ -427,6 +428,8 @@ struct serve {
     char *body;
     char tail[TAIL_MAX * 2];
     size_t tail_len;
+    size_t tail_seen;          /* keys starting before this offset were looked for */
+    ptrdiff_t usage_at, finish_at; /* the first key of each in tail, -1: none */
     uint64_t prompt_tokens, completion_tokens;
     char finish[32];
     uint64_t t0_us, t_first_us;
@@ -477,18 +480,25 @@ serve_free(struct serve *s, enum lm_outcome outcome)
     free(s);
 }
 
+/* What s->out holds into the window. */
 static void
-serve_send(struct serve *s, const struct lm_buf *frame)
+serve_flush(struct serve *s)
 {
-    if (!s->st || lm_buf_append(&s->out.b, frame->data, frame->len) != 0)
-        return;
-    if (outq_flush(&s->out, s->st) < 0)
+    if (!s->st || outq_flush(&s->out, s->st) < 0)
         return;
     /* The window is shut: stop the runtime until the gateway takes more. */
     if (!outq_empty(&s->out) && s->ureq && !s->paused) {
         s->paused = true;
         lm_upstream_pause(s->ureq);
     }
+}
+
+static void
+serve_send(struct serve *s, const struct lm_buf *frame)
+{
+    if (!s->st || lm_buf_append(&s->out.b, frame->data, frame->len) != 0)
+        return;
+    serve_flush(s);
 }
 
 /* No more frames: FIN goes out once the window has taken what waits. */
@@ -550,12 +560,60 @@ num_after(const char *hay, size_t n, const char *key)
     return p > d ? v : UINT64_MAX;
 }
 
+/* Drops the first d bytes of the tail. A key found there is lost: the next
+ * scan looks at the whole tail again, for the one after it. */
+static void
+tail_drop(struct serve *s, size_t d)
+{
+    ptrdiff_t dd = (ptrdiff_t)d;
+    bool lost = (s->usage_at >= 0 && s->usage_at < dd) || (s->finish_at >= 0 && s->finish_at < dd);
+    memmove(s->tail, s->tail + d, s->tail_len - d);
+    s->tail_len -= d;
+    s->tail_seen = lost || s->tail_seen < d ? 0 : s->tail_seen - d;
+    s->usage_at = s->usage_at >= dd ? s->usage_at - dd : -1;
+    s->finish_at = s->finish_at >= dd ? s->finish_at - dd : -1;
+}
+
+#define USAGE_KEY "\"usage\""
+#define FINISH_KEY "\"finish_reason\":\""
+
+/* The first "usage" in the tail from offset from on whose value is not null
+ * (a streamed answer has "usage":null in every event): its offset, -1 none,
+ * -2 one whose value has not come yet (its offset in *undecided). */
+static ptrdiff_t
+find_usage(const struct serve *s, size_t from, size_t *undecided)
+{
+    const char *end = s->tail + s->tail_len, *p = s->tail + from;
+    for (;;) {
+        const char *u = memmem(p, (size_t)(end - p), USAGE_KEY, sizeof(USAGE_KEY) - 1);
+        if (!u)
+            return -1;
+        const char *v = u + sizeof(USAGE_KEY) - 1;
+        while (v < end && (*v == ' ' || *v == ':'))
+            v++;
+        size_t have = (size_t)(end - v);
+        if (have < 4 && memcmp(v, "null", have) == 0) {
+            *undecided = (size_t)(u - s->tail);
+            return -2;
+        }
+        if (memcmp(v, "null", 4) != 0)
+            return u - s->tail;
+        p = v + 4;
+    }
+}
+
+/* Each answer byte is searched for the keys about once (what came since the
+ * last scan, plus a key's length before it, where a key split across chunks
+ * starts); a key found is parsed again as more bytes come, until the tail
+ * lets go of it. */
 static void
 watch_answer(struct serve *s, const char *data, size_t len)
 {
     if (len >= TAIL_MAX) {
         memcpy(s->tail, data + len - TAIL_MAX, TAIL_MAX);
         s->tail_len = TAIL_MAX;
+        s->tail_seen = 0;
+        s->usage_at = s->finish_at = -1;
         if (memmem(data, len - TAIL_MAX, "\"usage\"", 7) == NULL &&
             memmem(data, len - TAIL_MAX, "finish_reason", 13) == NULL)
             goto scan;
@@ -570,15 +628,32 @@ watch_answer(struct serve *s, const char *data, size_t len)
     }
     if (s->tail_len + len > sizeof(s->tail)) {
         size_t keep = TAIL_MAX - len < s->tail_len ? TAIL_MAX - len : s->tail_len;
-        memmove(s->tail, s->tail + s->tail_len - keep, keep);
-        s->tail_len = keep;
+        tail_drop(s, s->tail_len - keep);
     }
     memcpy(s->tail + s->tail_len, data, len);
     s->tail_len += len;
 scan:;
-    const char *u = memmem(s->tail, s->tail_len, "\"usage\"", 7);
-    if (u) {
-        size_t rest = (size_t)(s->tail + s->tail_len - u);
+    /* A key not found yet may start in the last bytes, its end still to come. */
+    size_t seen = s->tail_len >= sizeof(FINISH_KEY) - 2 ? s->tail_len - (sizeof(FINISH_KEY) - 2)
+                                                        : 0;
+    if (s->usage_at < 0) {
+        size_t undecided = 0;
+        ptrdiff_t u = find_usage(s, s->tail_seen, &undecided);
+        if (u >= 0)
+            s->usage_at = u;
+        else if (u == -2 && undecided < seen)
+            seen = undecided;
+    }
+    if (s->finish_at < 0) {
+        const char *f = memmem(s->tail + s->tail_seen, s->tail_len - s->tail_seen, FINISH_KEY,
+                               sizeof(FINISH_KEY) - 1);
+        if (f)
+            s->finish_at = f - s->tail;
+    }
+    s->tail_seen = seen;
+    if (s->usage_at >= 0) {
+        const char *u = s->tail + s->usage_at;
+        size_t rest = s->tail_len - (size_t)s->usage_at;
         uint64_t pt = num_after(u, rest, "\"prompt_tokens\"");
         uint64_t ct = num_after(u, rest, "\"completion_tokens\"");
         if (pt != UINT64_MAX)
@@ -586,9 +661,8 @@ scan:;
         if (ct != UINT64_MAX)
             s->completion_tokens = ct;
     }
-    const char *f = memmem(s->tail, s->tail_len, "\"finish_reason\":\"", 17);
-    if (f) {
-        f += 17;
+    if (s->finish_at >= 0) {
+        const char *f = s->tail + s->finish_at + sizeof(FINISH_KEY) - 1;
         size_t k = 0;
         while (f + k < s->tail + s->tail_len && f[k] != '"' && k < sizeof(s->finish) - 1)
             k++;
@@ -619,17 +693,18 @@ up_data(struct lm_upstream_req *r, const char *data, size_t len, void *arg)
     (void)r;
     struct serve *s = arg;
     watch_answer(s, data, len);
-    struct lm_buf b;
-    lm_buf_init(&b, CHUNK_MAX + 16);
+    if (!s->st)
+        return;
+    /* Framed straight into the stream's queue, whose buffer stays from one
+     * chunk to the next: no buffer of its own, no copy, per chunk. */
     while (len > 0) {
         size_t k = len < CHUNK_MAX ? len : CHUNK_MAX;
-        lm_buf_reset(&b);
-        if (lm_frame_encode(&b, LM_FRAME_PROXY_CHUNK, LM_FRAME_BINARY, data, k, NULL) == 0)
-            serve_send(s, &b);
+        if (lm_frame_encode(&s->out.b, LM_FRAME_PROXY_CHUNK, LM_FRAME_BINARY, data, k, NULL) != 0)
+            break;
         data += k;
         len -= k;
     }
-    lm_buf_release(&b);
+    serve_flush(s);
 }
 
 static void
@@ -892,6 +967,7 @@ lm_mesh_proxy_accept_(struct conn *c, struct lm_yamux_stream *st)
     s->st = st;
     snprintf(s->from, sizeof(s->from), "%s", c->id);
     lm_frame_reader_init(&s->rd);
+    s->usage_at = s->finish_at = -1;
     lm_buf_init(&s->out.b, 4u << 20);
     lm_yamux_stream_set_cbs(st, &serve_cbs, s);
     s->next = m->serving;

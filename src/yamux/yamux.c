@@ -99,6 +99,8 @@ now_ms(struct lm_yamux *s)
 
 /* --- wire ---------------------------------------------------------------- */
 
+#define SEND_JOIN_MAX 4096 /* payloads up to this go out with their header, in one send */
+
 static void
 send_frame(struct lm_yamux *s, uint8_t type, uint16_t flags, uint32_t id, uint32_t len,
            const void *payload, size_t plen)
@@ -117,6 +119,15 @@ send_frame(struct lm_yamux *s, uint8_t type, uint16_t flags, uint32_t id, uint32
         (uint8_t)(len >> 8),
         (uint8_t)len,
     };
+    /* A small frame goes out in one piece: over TLS each send can be a
+     * record of its own (a filter bufferevent writes at once). */
+    if (plen > 0 && plen <= SEND_JOIN_MAX) {
+        uint8_t b[LM_YAMUX_HEADER_LEN + SEND_JOIN_MAX];
+        memcpy(b, h, sizeof(h));
+        memcpy(b + sizeof(h), payload, plen);
+        s->cbs.send(b, sizeof(h) + plen, s->arg);
+        return;
+    }
     s->cbs.send(h, sizeof(h), s->arg);
     if (plen > 0)
         s->cbs.send(payload, plen, s->arg);
