@@ -581,6 +581,10 @@ req_done(struct gw_req *q)
                        q->t_first_us ? q->t_first_us - q->t0_us : 0, q->tokens_in,
                        q->tokens_out);
     access_log(q, now - q->t0_us);
+    if (g->mesh && q->label[0] && q->route != GW_ROUTE_MODELS)
+        lm_mesh_note_demand(g->mesh, q->label, q->tokens_in, q->tokens_out,
+                            q->status / 100 != 2,
+                            q->t_first_us ? (q->t_first_us - q->t0_us + 999) / 1000 : 0);
     /* Last: finishing may free a key that a reload removed (its final
      * in-flight request), and the access log above still names it. */
     if (q->auth_held)

@@ -1241,6 +1241,67 @@ publish_local(struct lm_mesh *m, bool force)
     json_decref(caps);
 }
 
+void
+lm_mesh_note_demand(struct lm_mesh *m, const char *model, uint64_t tokens_in,
+                    uint64_t tokens_out, bool unserved, uint64_t ttft_ms)
+{
+    if (!m || strlen(model) >= sizeof(m->demand[0].model))
+        return;
+    struct demand *d = NULL;
+    for (unsigned i = 0; i < m->ndemand && !d; i++)
+        if (strcmp(m->demand[i].model, model) == 0)
+            d = &m->demand[i];
+    if (!d) {
+        if (m->ndemand == MARKET_MODELS)
+            return;
+        d = &m->demand[m->ndemand++];
+        memset(d, 0, sizeof(*d));
+        snprintf(d->model, sizeof(d->model), "%s", model);
+    }
+    d->requests++;
+    d->tokens_in += tokens_in;
+    d->tokens_out += tokens_out;
+    d->unserved += unserved;
+    if (ttft_ms && !unserved) /* a sample: the first 64 of the window */
+        if (d->nttft < LM_ARRAY_LEN(d->ttft))
+            d->ttft[d->nttft++] = (uint32_t)(ttft_ms < UINT32_MAX ? ttft_ms : UINT32_MAX);
+}
+
+static int
+cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Every market window (MARKET_WINDOW_S), a `market` record of the window's demand, when
+ * there was any: what providers read to decide what to load and price. */
+static void
+publish_market(struct lm_mesh *m, uint64_t now)
+{
+    if (now < m->market_at_ms)
+        return;
+    m->market_at_ms = now + (uint64_t)m->market_window_s * 1000u;
+    if (m->ndemand == 0)
+        return;
+    json_t *demand = json_array();
+    for (unsigned i = 0; i < m->ndemand; i++) {
+        struct demand *d = &m->demand[i];
+        qsort(d->ttft, d->nttft, sizeof(d->ttft[0]), cmp_u32);
+        json_t *o = json_pack("{s:s, s:I, s:I, s:I, s:I}", "model", d->model, "requests",
+                              (json_int_t)d->requests, "tokens_in", (json_int_t)d->tokens_in,
+                              "tokens_out", (json_int_t)d->tokens_out, "unserved",
+                              (json_int_t)d->unserved);
+        if (d->nttft)
+            json_object_set_new(o, "p50_ttft_ms", json_integer(d->ttft[d->nttft / 2]));
+        json_array_append_new(demand, o);
+    }
+    json_t *body = json_pack("{s:i, s:o}", "window_s", m->market_window_s, "demand", demand);
+    publish(m, "market", body);
+    json_decref(body);
+    m->ndemand = 0;
+}
+
 static void
 refreshed(void *arg, const struct lm_gossip_record *r)
 {
@@ -1276,6 +1337,7 @@ on_tick(evutil_socket_t fd, short what, void *arg)
     if (relays_changed)
         snprintf(m->relays_seen, sizeof(m->relays_seen), "%s", relays);
     publish_local(m, relays_changed);
+    publish_market(m, now);
     dial_some(m);
     struct timeval tv = {0, TICK_MS * 1000};
     evtimer_add(m->tick, &tv);
@@ -1373,6 +1435,10 @@ lm_mesh_new(struct lm_mesh **out, const struct lm_mesh_deps *deps, const struct 
     m->endpoints = deps->endpoints;
     m->upstream = deps->upstream;
     m->cfg = cfg;
+    /* LABMAN_MARKET_WINDOW_S: a test knob (the tests cannot wait a minute). */
+    const char *mw = getenv("LABMAN_MARKET_WINDOW_S");
+    m->market_window_s = mw && atoi(mw) > 0 && atoi(mw) <= 3600 ? atoi(mw) : MARKET_WINDOW_S;
+    m->market_at_ms = lm_now_ms() + (uint64_t)m->market_window_s * 1000u;
     m->vouches = lm_trust_vouches_new();
     struct lm_gossip_opts go = {.allow = allow_origin, .allow_arg = m};
     int rc = lm_tls_ctx_new(&m->tls, deps->id, err, errcap);
@@ -1540,6 +1606,11 @@ lm_mesh_peers_json(struct lm_mesh *m)
                               (json_int_t)p->last_seen_ms);
         if (!p->roles)
             json_decref(json_object_get(o, "roles")); /* the temporary array above */
+        /* What its gateway saw asked for lately (its `market` record). */
+        const struct lm_gossip_record *mk = lm_gossip_get(m->gossip, p->id, "market",
+                                                          lm_wall_ms());
+        json_t *dm = mk && !mk->withdrawn ? json_object_get(mk->body, "demand") : NULL;
+        json_object_set_new(o, "demand", json_is_array(dm) ? json_deep_copy(dm) : json_array());
         if (c) {
             int rtt = c->mux ? lm_yamux_ping_rtt_ms(c->mux) : -1;
             json_object_set_new(o, "rtt_ms", rtt >= 0 ? json_integer(rtt) : json_null());

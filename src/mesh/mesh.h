@@ -107,6 +107,12 @@ const char *lm_mesh_req_node(const struct lm_mesh_req *r);
 /* Through a relay (X-Labman-Route: relay) rather than a direct connection. */
 bool lm_mesh_req_relayed(const struct lm_mesh_req *r);
 
+/* One request this node's gateway finished, for the `market` record
+ * (PROTOCOL.md §3: recent demand): model, tokens, whether it went unserved,
+ * its time to first token in ms (0 unknown). */
+void lm_mesh_note_demand(struct lm_mesh *m, const char *model, uint64_t tokens_in,
+                         uint64_t tokens_out, bool unserved, uint64_t ttft_ms);
+
 /* The models of connected providers for /v1/models: an array of
  * {id, nodes:[{node_id, name, loaded}]}. */
 json_t *lm_mesh_models_json(struct lm_mesh *m);

@@ -94,6 +94,17 @@ static const char *const rej_names[REJ_N] = {"bad_signature", "malformed", "stal
                                              "too_large", "untrusted", "flood", "forged",
                                              "handshake", "banned"};
 
+/* Demand for one model in the current market window (the gateway's view). */
+struct demand {
+    char model[128];
+    uint64_t requests, tokens_in, tokens_out, unserved;
+    uint32_t ttft[64]; /* a sample of first-token times (ms) for the p50 */
+    unsigned nttft;
+};
+
+#define MARKET_WINDOW_S 60
+#define MARKET_MODELS 64 /* models tracked per window; more are folded into none */
+
 struct lm_mesh {
     struct event_base *base;
     struct lm_upstream *upstream;
@@ -122,6 +133,10 @@ struct lm_mesh {
     struct splice *splices;   /* circuits this relay carries */
     uint64_t circuits_total;
     char relays_seen[LM_NODE_ID_LEN * 8 + 8]; /* relays in our last peer record */
+    struct demand demand[MARKET_MODELS];
+    unsigned ndemand;
+    uint64_t market_at_ms; /* when the current window ends (monotonic) */
+    int market_window_s;
     uint64_t proxy_sent, proxy_ok, proxy_failed, served, served_ok;
 };
 

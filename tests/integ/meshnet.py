@@ -98,9 +98,10 @@ class Node:
     def boot(self):
         return f"{self.id}@{self.host}:{self.mesh}"
 
-    def start(self, procs):
+    def start(self, procs, env=None):
         self.proc = Proc([binpath("labmand"), "-c", self.cfg],
-                         str(self.dir / f"labmand-{time.monotonic_ns()}.log"))
+                         str(self.dir / f"labmand-{time.monotonic_ns()}.log"),
+                         env={**os.environ, **env} if env else None)
         procs.append(self.proc)
         wait_port(self.admin, self.proc.p)
         if self.has_gw:

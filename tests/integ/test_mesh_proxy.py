@@ -256,3 +256,27 @@ def test_the_cheaper_provider_wins_and_a_restarted_one_rejoins(tmp_path, procs):
         st, hdr, _ = post(g.gw, "/v1/chat/completions", chat())
         return st == 200 and hdr["X-Labman-Node"] == cheap.name
     wait_for(served_by_cheap, timeout=10, what="requests going to the rejoined provider")
+
+
+def test_market_records_carry_the_gateways_demand(tmp_path, procs):
+    g, p = Node(tmp_path, "gw"), Node(tmp_path, "prov")
+    port, _ = devllm(procs, tmp_path)
+    g.write(trusted=[p.id], roles=("gateway",))
+    p.write(trusted=[g.id], bootstrap=[g], roles=("provider",),
+            endpoints=[{"name": "rt", "port": port}])
+    g.start(procs, env={"LABMAN_MARKET_WINDOW_S": "1"})
+    p.start(procs)
+    wait_for(lambda: json.loads(http("GET", f"http://127.0.0.1:{g.gw}/v1/models")[2])["data"],
+             what="P's model at G")
+    for _ in range(3):
+        st, _, b = post(g.gw, "/v1/chat/completions", chat(stream=True))
+        assert st == 200, b
+    st, _, b = post(g.gw, "/v1/chat/completions", chat(model="nobody-has-this"))
+    assert st == 404
+    def demand_at_p():
+        peers = {x["node_id"]: x for x in p.peers()["peers"]}
+        return peers.get(g.id, {}).get("demand")
+    d = wait_for(demand_at_p, timeout=10, what="G's market record at P")
+    assert [x["model"] for x in d] == [MODEL]
+    assert d[0]["requests"] == 3 and d[0]["unserved"] == 0
+    assert d[0]["tokens_in"] > 0 and d[0]["tokens_out"] > 0 and "p50_ttft_ms" in d[0]
