@@ -144,7 +144,7 @@ count_fn(void *arg, const struct lm_gossip_record *r)
 static const char *const CAPS =
     "{\"models\":[{\"id\":\"llama3\",\"aliases\":[\"l3\"],\"loaded\":true,\"slots_free\":2,"
     "\"slots_total\":4,\"queue\":0,\"params\":\"8B\",\"digest\":null}],"
-    "\"prices\":[{\"model\":\"llama3\",\"per_1k_in\":0.1,\"per_1k_out\":1,\"currency\":\"usd\"}],"
+    "\"prices\":[{\"model\":\"llama3\",\"per_1k_in\":\"0.1\",\"per_1k_out\":1,\"currency\":\"usd\"}],"
     "\"payouts\":[{\"currency\":\"usd\",\"address\":\"acct\"}],\"feps\":[\"f\"]}";
 static const char *const PEER = "{\"name\":\"n\",\"roles\":[\"gateway\"],\"addrs\":[\"h:1\"],"
                                 "\"relays\":[],\"version\":\"0.1.0\"}";
@@ -1001,7 +1001,7 @@ test_malformed_records(void **state)
                      "\"body\":{\"models\":[{\"id\":\"m\",\"loaded\":1}]}}", id),
         lm_xasprintf("{\"origin\":\"%s\",\"kind\":\"capabilities\",\"seq\":1,"
                      "\"ts\":1700000000000,\"ttl_ms\":60000,"
-                     "\"body\":{\"models\":[],\"prices\":[{\"model\":\"m\",\"per_1k_in\":\"1\"}]}}",
+                     "\"body\":{\"models\":[],\"prices\":[{\"model\":\"m\",\"per_1k_in\":[1]}]}}",
                      id),
         lm_xasprintf("{\"origin\":\"%s\",\"kind\":\"vouch\",\"seq\":1,\"ts\":1700000000000,"
                      "\"ttl_ms\":60000,\"body\":{\"peers\":[\"abc\"]}}", id),
