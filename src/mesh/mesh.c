@@ -1024,6 +1024,10 @@ lm_mesh_conn_start_(struct conn *c, struct bufferevent *bev)
 {
     c->bev = bev;
     bufferevent_setcb(bev, bev_read, bev_write, bev_event, c);
+    /* A peer's connection carries new requests (a provider) and first
+     * tokens (a gateway): urgent, like a client's request, rather than
+     * queued behind every stream's next token (see LM_PRIO_URGENT). */
+    bufferevent_priority_set(bev, LM_PRIO_URGENT);
     struct timeval tv = {LM_TLS_HANDSHAKE_TIMEOUT_MS / 1000, 0};
     bufferevent_set_timeouts(bev, &tv, &tv);
     bufferevent_enable(bev, EV_READ | EV_WRITE);
