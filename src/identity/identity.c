@@ -318,6 +318,20 @@ lm_identity_verify(const uint8_t pk[LM_IDENTITY_PK_BYTES], const void *msg, size
     return crypto_sign_verify_detached(sig, msg, len, pk) == 0 ? 0 : -EBADMSG;
 }
 
+bool
+lm_identity_is_node_id(const char *s)
+{
+    return s && strlen(s) == LM_NODE_ID_LEN && lm_is_hex(s, LM_NODE_ID_LEN);
+}
+
+void
+lm_identity_node_id_lower(char out[LM_NODE_ID_LEN + 1], const char *s)
+{
+    for (size_t i = 0; i < LM_NODE_ID_LEN; i++)
+        out[i] = (s[i] >= 'A' && s[i] <= 'F') ? (char)(s[i] - 'A' + 'a') : s[i];
+    out[LM_NODE_ID_LEN] = '\0';
+}
+
 int
 lm_identity_parse_node_id(const char *node_id, uint8_t pk[LM_IDENTITY_PK_BYTES])
 {

@@ -52,6 +52,12 @@ void lm_identity_sign(const struct lm_identity *id, const void *msg, size_t len,
 int lm_identity_verify(const uint8_t pk[LM_IDENTITY_PK_BYTES], const void *msg, size_t len,
                        const uint8_t sig[LM_IDENTITY_SIG_BYTES]);
 
+/* Whether s is a node id: 64 hex digits, either case. */
+bool lm_identity_is_node_id(const char *s);
+/* The first LM_NODE_ID_LEN characters of s (a node id) in lowercase, the
+ * form node ids are stored and compared in. */
+void lm_identity_node_id_lower(char out[LM_NODE_ID_LEN + 1], const char *s);
+
 /* Parses a node id (64 hex digits, either case) into a public key. */
 int lm_identity_parse_node_id(const char *node_id, uint8_t pk[LM_IDENTITY_PK_BYTES]);
 

@@ -818,20 +818,33 @@ static const struct lm_yamux_stream_cbs ctl_cbs = {
     .on_reset = ctl_reset,
 };
 
+/* What HELLO and our `peer` record say of this node. */
+static json_t *
+roles_json(const struct lm_config *cfg)
+{
+    json_t *roles = json_array();
+    static const enum lm_role all[] = {LM_ROLE_GATEWAY, LM_ROLE_PROVIDER, LM_ROLE_RELAY};
+    for (size_t i = 0; i < LM_ARRAY_LEN(all); i++)
+        if (cfg->node.roles & all[i])
+            json_array_append_new(roles, json_string(lm_config_role_name(all[i])));
+    return roles;
+}
+
+static json_t *
+advertise_json(const struct lm_config *cfg)
+{
+    json_t *addrs = json_array();
+    for (size_t i = 0; i < cfg->mesh.advertise.n; i++)
+        json_array_append_new(addrs, json_string(cfg->mesh.advertise.v[i]));
+    return addrs;
+}
+
 static void
 send_hello(struct conn *c)
 {
     struct lm_mesh *m = c->m;
     const struct lm_config *cfg = m->cfg;
-    json_t *roles = json_array(), *addrs = json_array();
-    if (cfg->node.roles & LM_ROLE_GATEWAY)
-        json_array_append_new(roles, json_string("gateway"));
-    if (cfg->node.roles & LM_ROLE_PROVIDER)
-        json_array_append_new(roles, json_string("provider"));
-    if (cfg->node.roles & LM_ROLE_RELAY)
-        json_array_append_new(roles, json_string("relay"));
-    for (size_t i = 0; i < cfg->mesh.advertise.n; i++)
-        json_array_append_new(addrs, json_string(cfg->mesh.advertise.v[i]));
+    json_t *roles = roles_json(cfg), *addrs = advertise_json(cfg);
     json_t *j = json_pack("{s:s, s:I, s:i, s:s, s:o, s:o, s:s, s:[]}", "from", m->id->node_id,
                           "ts", (json_int_t)lm_wall_ms(), "version", 1, "name", cfg->node.name,
                           "roles", roles, "addrs", addrs, "software", SOFTWARE, "features");
@@ -1206,15 +1219,7 @@ publish_local(struct lm_mesh *m, bool force)
 {
     const struct lm_config *cfg = m->cfg;
     if (force) {
-        json_t *roles = json_array(), *addrs = json_array();
-        if (cfg->node.roles & LM_ROLE_GATEWAY)
-            json_array_append_new(roles, json_string("gateway"));
-        if (cfg->node.roles & LM_ROLE_PROVIDER)
-            json_array_append_new(roles, json_string("provider"));
-        if (cfg->node.roles & LM_ROLE_RELAY)
-            json_array_append_new(roles, json_string("relay"));
-        for (size_t i = 0; i < cfg->mesh.advertise.n; i++)
-            json_array_append_new(addrs, json_string(cfg->mesh.advertise.v[i]));
+        json_t *roles = roles_json(cfg), *addrs = advertise_json(cfg);
         json_t *relays = json_array();
         for (struct peer *p = m->peers; p; p = p->next)
             if (is_relay(p))
@@ -1394,9 +1399,7 @@ add_bootstrap(struct lm_mesh *m)
         if (!at || at - b != LM_NODE_ID_LEN)
             continue; /* config validated it */
         char id[LM_NODE_ID_LEN + 1];
-        for (int k = 0; k < LM_NODE_ID_LEN; k++)
-            id[k] = (char)(b[k] >= 'A' && b[k] <= 'F' ? b[k] - 'A' + 'a' : b[k]);
-        id[LM_NODE_ID_LEN] = '\0';
+        lm_identity_node_id_lower(id, b);
         struct peer *p = peer_get(m, id);
         if (p) {
             peer_add_addr(p, at + 1);

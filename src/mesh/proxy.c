@@ -99,10 +99,7 @@ req_finish(struct lm_mesh_req *r, int err, const char *msg)
         r->st = NULL;
     }
     req_unlink(r);
-    struct peer *p = NULL;
-    for (struct peer *q = r->m->peers; q; q = q->next)
-        if (strcmp(q->id, r->node) == 0)
-            p = q;
+    struct peer *p = lm_mesh_peer_find_(r->m, r->node);
     if (err && err != -ECANCELED) {
         r->m->proxy_failed++;
         if (p)
@@ -289,10 +286,7 @@ lm_mesh_request(struct lm_mesh *m, const struct lm_mesh_req_opts *o,
     *out = NULL;
     if (!m)
         return -ENOTCONN;
-    struct peer *p = NULL;
-    for (struct peer *q = m->peers; q; q = q->next)
-        if (strcmp(q->id, o->node_id) == 0)
-            p = q;
+    struct peer *p = lm_mesh_peer_find_(m, o->node_id);
     if (!p || !p->conn || !lm_mesh_conn_up_(p->conn))
         return -ENOTCONN;
     struct lm_yamux_stream *st;
@@ -1084,10 +1078,7 @@ static void
 consider(void *arg, const struct lm_gossip_record *r)
 {
     struct pick *k = arg;
-    struct peer *p = NULL;
-    for (struct peer *q = k->m->peers; q; q = q->next)
-        if (strcmp(q->id, r->origin) == 0)
-            p = q;
+    struct peer *p = lm_mesh_peer_find_(k->m, r->origin);
     if (!p || !p->conn || !lm_mesh_conn_up_(p->conn) || !matches_pin(p, k->pin))
         return;
     for (size_t i = 0; i < k->nskip; i++)
@@ -1158,10 +1149,7 @@ static void
 add_models(void *arg, const struct lm_gossip_record *r)
 {
     struct models_acc *a = arg;
-    struct peer *p = NULL;
-    for (struct peer *q = a->m->peers; q; q = q->next)
-        if (strcmp(q->id, r->origin) == 0)
-            p = q;
+    struct peer *p = lm_mesh_peer_find_(a->m, r->origin);
     struct lm_trust_verdict v;
     if (!p || !p->conn || !lm_mesh_conn_up_(p->conn) || lm_mesh_trust_(a->m, p->id, &v) != 0)
         return;

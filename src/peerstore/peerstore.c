@@ -98,20 +98,6 @@ static const char *const source_names[] = {
 
 /* ---- validation ---------------------------------------------------------- */
 
-static bool
-valid_id(const char *s)
-{
-    return s && strlen(s) == LM_NODE_ID_LEN && lm_is_hex(s, LM_NODE_ID_LEN);
-}
-
-static void
-lower_id(char out[LM_NODE_ID_LEN + 1], const char *s)
-{
-    for (size_t i = 0; i < LM_NODE_ID_LEN; i++)
-        out[i] = (s[i] >= 'A' && s[i] <= 'F') ? (char)(s[i] - 'A' + 'a') : s[i];
-    out[LM_NODE_ID_LEN] = '\0';
-}
-
 /* Names come from peers: bounded, printable, valid UTF-8 (jansson refuses
  * invalid UTF-8, which is how it is checked here). */
 static bool
@@ -462,14 +448,14 @@ lm_peerstore_upsert(struct lm_peerstore *ps, const char *node_id, const char *na
 {
     char id[LM_NODE_ID_LEN + 1];
 
-    if (!valid_id(node_id) || (name && !valid_name(name)) || now_ms < 0 ||
+    if (!lm_identity_is_node_id(node_id) || (name && !valid_name(name)) || now_ms < 0 ||
         (source != LM_PEER_GOSSIP && source != LM_PEER_INBOUND && source != LM_PEER_BOOTSTRAP) ||
         (addrs && n_addrs > LM_PEERSTORE_MAX_ADDRS))
         return -EINVAL;
     for (size_t i = 0; addrs && i < n_addrs; i++)
         if (!valid_addr(addrs[i]))
             return -EINVAL;
-    lower_id(id, node_id);
+    lm_identity_node_id_lower(id, node_id);
     sqlite3_stmt *s = stmt(ps, ST_UPSERT);
     if (!s)
         return -EIO;
@@ -492,9 +478,9 @@ update_one(struct lm_peerstore *ps, int which, const char *node_id, int64_t now_
 {
     char id[LM_NODE_ID_LEN + 1];
     int changes = 0;
-    if (!valid_id(node_id) || now_ms < 0)
+    if (!lm_identity_is_node_id(node_id) || now_ms < 0)
         return -EINVAL;
-    lower_id(id, node_id);
+    lm_identity_node_id_lower(id, node_id);
     sqlite3_stmt *s = stmt(ps, which);
     if (!s)
         return -EIO;
@@ -557,10 +543,10 @@ read_row(sqlite3_stmt *s, struct lm_peer_rec *r)
     int addrs_len = sqlite3_column_bytes(s, 2);
 
     memset(r, 0, sizeof(*r));
-    if (!valid_id(id) || !name || !valid_name(name) || !addrs || !src || addrs_len <= 0 ||
+    if (!lm_identity_is_node_id(id) || !name || !valid_name(name) || !addrs || !src || addrs_len <= 0 ||
         addrs_len > ADDRS_JSON_MAX)
         return false;
-    lower_id(r->node_id, id);
+    lm_identity_node_id_lower(r->node_id, id);
     if (strcmp(r->node_id, id) != 0)
         return false;
     snprintf(r->name, sizeof(r->name), "%s", name);
@@ -596,9 +582,9 @@ lm_peerstore_get(struct lm_peerstore *ps, const char *node_id, struct lm_peer_re
 {
     char id[LM_NODE_ID_LEN + 1];
     memset(out, 0, sizeof(*out));
-    if (!valid_id(node_id))
+    if (!lm_identity_is_node_id(node_id))
         return -EINVAL;
-    lower_id(id, node_id);
+    lm_identity_node_id_lower(id, node_id);
     sqlite3_stmt *s = stmt(ps, ST_GET);
     if (!s)
         return -EIO;

@@ -12,25 +12,11 @@
 
 #include "util/util.h"
 
-static bool
-valid_id(const char *s)
-{
-    return s && strlen(s) == LM_NODE_ID_LEN && lm_is_hex(s, LM_NODE_ID_LEN);
-}
-
-static void
-lower_id(char out[LM_NODE_ID_LEN + 1], const char *s)
-{
-    for (size_t i = 0; i < LM_NODE_ID_LEN; i++)
-        out[i] = (s[i] >= 'A' && s[i] <= 'F') ? (char)(s[i] - 'A' + 'a') : s[i];
-    out[LM_NODE_ID_LEN] = '\0';
-}
-
 /* id is valid and lowercase; list entries may be anything. */
 static bool
 same_id(const char *id, const char *entry)
 {
-    if (!valid_id(entry))
+    if (!lm_identity_is_node_id(entry))
         return false;
     for (size_t i = 0; i < LM_NODE_ID_LEN; i++) {
         char c = entry[i];
@@ -79,9 +65,9 @@ lm_trust_check(const struct lm_cfg_mesh *mesh, const char *node_id, lm_trust_vou
     char id[LM_NODE_ID_LEN + 1], by[LM_NODE_ID_LEN + 1];
 
     memset(v, 0, sizeof(*v));
-    if (!valid_id(node_id))
+    if (!lm_identity_is_node_id(node_id))
         return verdict(v, LM_TRUST_NO_BAD_ID, "not a node id (64 hex digits)");
-    lower_id(id, node_id);
+    lm_identity_node_id_lower(id, node_id);
 
     if (listed(&mesh->denied_peers, id))
         return verdict(v, LM_TRUST_NO_DENIED, "denied (in denied_peers)");
@@ -96,9 +82,9 @@ lm_trust_check(const struct lm_cfg_mesh *mesh, const char *node_id, lm_trust_vou
          * too would make trust transitive. */
         for (size_t i = 0; vouches && i < mesh->trusted_peers.n; i++) {
             const char *t = mesh->trusted_peers.v[i];
-            if (!valid_id(t))
+            if (!lm_identity_is_node_id(t))
                 continue;
-            lower_id(by, t);
+            lm_identity_node_id_lower(by, t);
             if (strcmp(by, id) == 0 || listed(&mesh->denied_peers, by))
                 continue;
             if (vouches(by, id, arg)) {
@@ -177,14 +163,14 @@ lm_trust_vouches_set(struct lm_trust_vouches *vs, const char *voucher, const cha
 {
     uint8_t who[LM_IDENTITY_PK_BYTES];
 
-    if (!valid_id(voucher) || lm_hex_decode(who, sizeof(who), voucher) < 0)
+    if (!lm_identity_is_node_id(voucher) || lm_hex_decode(who, sizeof(who), voucher) < 0)
         return -EINVAL;
     if (n > LM_TRUST_MAX_VOUCH_PEERS)
         return -E2BIG;
     struct pair *add = n ? lm_xmalloc(n * sizeof(*add)) : NULL;
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
-        if (!valid_id(peers[i]) || lm_hex_decode(add[k].peer, LM_IDENTITY_PK_BYTES, peers[i]) < 0) {
+        if (!lm_identity_is_node_id(peers[i]) || lm_hex_decode(add[k].peer, LM_IDENTITY_PK_BYTES, peers[i]) < 0) {
             free(add);
             return -EINVAL;
         }
@@ -238,7 +224,7 @@ lm_trust_vouches_lookup(const char *voucher, const char *node_id, void *vouches)
     const struct lm_trust_vouches *vs = vouches;
     struct pair key;
 
-    if (!vs || vs->n == 0 || !valid_id(voucher) || !valid_id(node_id) ||
+    if (!vs || vs->n == 0 || !lm_identity_is_node_id(voucher) || !lm_identity_is_node_id(node_id) ||
         lm_hex_decode(key.voucher, LM_IDENTITY_PK_BYTES, voucher) < 0 ||
         lm_hex_decode(key.peer, LM_IDENTITY_PK_BYTES, node_id) < 0)
         return false;
